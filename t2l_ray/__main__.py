@@ -1,0 +1,3 @@
+from t2l_ray.cli import app
+
+app()

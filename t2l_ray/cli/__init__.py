@@ -1,0 +1,6 @@
+"""`t2l-ray` command line: each module registers its commands on the shared app."""
+
+from t2l_ray.cli.app import app
+from t2l_ray.cli import core  # noqa: F401  (registers commands)
+
+__all__ = ["app"]

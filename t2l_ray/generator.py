@@ -1,0 +1,76 @@
+"""Descriptions -> adapter folders: the one generation path shared by `generate`, the factory and Serve.
+
+A `Generator` holds a loaded hypernet checkpoint and its encoder; `render(descriptions)` embeds the batch
+once, runs one batched hypernet forward, and returns the bytes of each adapter folder. It never loads the
+base model's weights: shapes come from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import torch
+
+from t2l_ray import adapters
+from t2l_ray.checkpoint import HypernetCheckpoint, load_checkpoint
+from t2l_ray.encoders import TextEncoder, load_encoder
+
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
+
+
+def check_adapter_id(adapter_id: str) -> str:
+    """Ids become folder names in shared stores: a strict pattern, so never `:`, `/` or `..`."""
+    if not isinstance(adapter_id, str) or not ID_PATTERN.match(adapter_id):
+        raise ValueError(f"invalid adapter id {adapter_id!r}: must match {ID_PATTERN.pattern}")
+    return adapter_id
+
+
+def content_id(description: str, checkpoint_sha256: str) -> str:
+    """The id of an adapter given no id: a hash of what determines its weights."""
+    digest = hashlib.sha256(f"{checkpoint_sha256}\0{description}".encode()).hexdigest()
+    return f"t2l-{digest[:24]}"
+
+
+class Generator:
+    def __init__(self, checkpoint: HypernetCheckpoint, encoder: TextEncoder | None = None, dtype: str = "bfloat16"):
+        self.checkpoint = checkpoint
+        self.encoder = encoder or load_encoder(checkpoint.encoder)
+        if self.encoder.dim != checkpoint.model.encoder_dim:
+            raise ValueError(
+                f"encoder {self.encoder.name} gives {self.encoder.dim}-dim embeddings; "
+                f"the hypernet expects {checkpoint.model.encoder_dim}"
+            )
+        self.dtype = dtype
+
+    @classmethod
+    def from_uri(cls, uri: str, dtype: str = "bfloat16") -> "Generator":
+        return cls(load_checkpoint(uri), dtype=dtype)
+
+    @property
+    def config(self):
+        return self.checkpoint.model.config
+
+    @torch.inference_mode()
+    def render(self, descriptions: list[str], ids: list[str | None] | None = None) -> list[adapters.AdapterFiles]:
+        """One encoder pass and one hypernet forward for the whole batch."""
+        if not descriptions:
+            return []
+        ids = ids or [None] * len(descriptions)
+        model = self.checkpoint.model
+        weights = model(self.encoder.encode(list(descriptions)))
+        return [
+            adapters.render_adapter(
+                weights,
+                index,
+                shapes=model.shapes,
+                rank=self.config.rank,
+                scale=self.config.scale,
+                description=text,
+                checkpoint_sha256=self.checkpoint.sha256,
+                encoder=self.checkpoint.encoder,
+                adapter_id=adapter_id or content_id(text, self.checkpoint.sha256),
+                dtype=self.dtype,
+            )
+            for index, (text, adapter_id) in enumerate(zip(descriptions, ids))
+        ]
