@@ -1,0 +1,194 @@
+"""One URI layer over pyarrow.fs: local paths, file://, s3:// and gs:// behave the same to callers.
+
+Everything that reads or writes artifacts (adapters, checkpoints, datasets) goes through here, so a
+run can move from a laptop folder to a bucket by changing a URI. S3-compatible stores (SeaweedFS in
+tests, MinIO, R2) are reached through the standard `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`
+variables; set them before `ray.init` so Ray workers inherit them.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(endpoint: str | None, key: str | None, secret: str | None, token: str | None, region: str):
+    # Cached per settings so repeated calls reuse one client and its connection pool, while a
+    # changed environment (another endpoint or key) still gets a fresh client.
+    kwargs = {}
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        kwargs = {"endpoint_override": parts.netloc, "scheme": parts.scheme}
+    return pafs.S3FileSystem(access_key=key, secret_key=secret, session_token=token, region=region, **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def _gcs():
+    return pafs.GcsFileSystem()
+
+
+def _split(uri: str) -> tuple[str | None, str]:
+    """(scheme or None for a plain local path, the rest after `scheme://`)."""
+    match = _SCHEME.match(uri)
+    if match is None:
+        return None, uri
+    return match.group(1).lower(), uri[match.end():]
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem that holds `uri` and the path to pass to it (absolute for local, `bucket/key` otherwise)."""
+    scheme, rest = _split(uri)
+    if scheme is None:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    if scheme == "file":
+        host, _, path = rest.partition("/")
+        if host not in ("", "localhost"):
+            raise ValueError(f"file URI with a remote host is not supported: {uri!r}")
+        return pafs.LocalFileSystem(), os.path.abspath("/" + path)
+    if scheme not in ("s3", "gs", "gcs"):
+        raise ValueError(f"unsupported storage scheme {scheme!r} in {uri!r} (use a local path, file://, s3:// or gs://)")
+    path = rest.strip("/")
+    if not path:
+        raise ValueError(f"URI names no bucket: {uri!r}")
+    if scheme != "s3":
+        return _gcs(), path
+    env = os.environ.get
+    fs = _s3(
+        env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+        env("AWS_ACCESS_KEY_ID"),
+        env("AWS_SECRET_ACCESS_KEY"),
+        env("AWS_SESSION_TOKEN"),
+        env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1",
+    )
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    """`uri` extended by relative `parts` (which may contain `/`), keeping its scheme; `..` is refused."""
+    segments = []
+    for part in parts:
+        for segment in part.split("/"):
+            if segment == "..":
+                raise ValueError(f"'..' is not allowed in a storage path part: {part!r}")
+            if segment not in ("", "."):
+                segments.append(segment)
+    if not segments:
+        return uri
+    _, rest = _split(uri)
+    base = uri[: len(uri) - len(rest)] + rest.rstrip("/")
+    return base + "/" + "/".join(segments)
+
+
+def _is_object_store(fs: pafs.FileSystem) -> bool:
+    return not isinstance(fs, pafs.LocalFileSystem)
+
+
+def _info(uri: str) -> pafs.FileInfo:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path)
+
+
+def exists(uri: str) -> bool:
+    return _info(uri).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    """True for a folder; on object stores, for any prefix that has objects under it."""
+    return _info(uri).type == pafs.FileType.Directory
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError as e:
+        # pyarrow names the bare path; callers need the URI they asked for.
+        raise FileNotFoundError(errno.ENOENT, "No such file or object", uri) from e
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one file atomically: readers see the old content or the new, never a partial file.
+
+    Object stores publish an object only when its upload completes. Locally the bytes go to a hidden
+    temp sibling (`.name.tmp-<uuid>`) that is fsynced and renamed over the target, so a killed process
+    leaves at most a stray temp file, never a half-written one under the real name.
+    """
+    fs, path = resolve(uri)
+    if _is_object_store(fs):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def write_folder(uri: str, files: Mapping[str, bytes], commit_file: str) -> None:
+    """Write a folder of files so that the presence of `commit_file` means the folder is complete.
+
+    Contract: any old `commit_file` is deleted first, every other file is written next, and
+    `commit_file` is written last (each write atomic). A reader that only trusts folders holding
+    `commit_file` therefore never sees a half-written or half-replaced folder, even if the writer
+    dies midway. Adapter folders are committed this way with `adapter_config.json` as the commit file.
+    """
+    if commit_file not in files:
+        raise ValueError(f"commit file {commit_file!r} is not among the files to write to {uri!r}")
+    delete(join(uri, commit_file))
+    for name, data in files.items():
+        if name != commit_file:
+            write_bytes(join(uri, name), data)
+    write_bytes(join(uri, commit_file), files[commit_file])
+
+
+def list_dir(uri: str) -> list[str]:
+    """Sorted names of the direct children of a folder; empty when the folder does not exist."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
+def makedirs(uri: str) -> None:
+    """Create a folder and its parents. Object stores need none (prefixes are implicit); this adds a marker."""
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def delete(uri: str) -> None:
+    """Delete a file or a whole folder; a missing one is fine. A bucket itself is never deleted."""
+    fs, path = resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        if _is_object_store(fs) and "/" not in path:
+            raise ValueError(f"refusing to delete a whole bucket: {uri!r}")
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
