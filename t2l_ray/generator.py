@@ -3,6 +3,8 @@
 A `Generator` holds a loaded hypernet checkpoint and its encoder; `render(descriptions)` embeds the batch
 once, runs one batched hypernet forward, and returns the bytes of each adapter folder. It never loads the
 base model's weights: shapes come from the checkpoint.
+`render_embeddings` is the same path without the encoder, for the factory's separate encoder and
+hypernet actors.
 """
 
 from __future__ import annotations
@@ -56,21 +58,40 @@ class Generator:
         """One encoder pass and one hypernet forward for the whole batch."""
         if not descriptions:
             return []
-        ids = ids or [None] * len(descriptions)
-        model = self.checkpoint.model
-        weights = model(self.encoder.encode(list(descriptions)))
-        return [
-            adapters.render_adapter(
-                weights,
-                index,
-                shapes=model.shapes,
-                rank=self.config.rank,
-                scale=self.config.scale,
-                description=text,
-                checkpoint_sha256=self.checkpoint.sha256,
-                encoder=self.checkpoint.encoder,
-                adapter_id=adapter_id or content_id(text, self.checkpoint.sha256),
-                dtype=self.dtype,
-            )
-            for index, (text, adapter_id) in enumerate(zip(descriptions, ids))
-        ]
+        embeddings = self.encoder.encode(list(descriptions))
+        return render_embeddings(self.checkpoint, embeddings, descriptions, ids, dtype=self.dtype)
+
+
+@torch.inference_mode()
+def render_embeddings(
+    checkpoint: HypernetCheckpoint,
+    embeddings: torch.Tensor,
+    descriptions: list[str],
+    ids: list[str | None] | None = None,
+    dtype: str = "bfloat16",
+    extra_meta: list[dict | None] | None = None,
+) -> list[adapters.AdapterFiles]:
+    """One hypernet forward over task embeddings already computed (the factory embeds in other actors)."""
+    if not descriptions:
+        return []
+    ids = ids or [None] * len(descriptions)
+    extra_meta = extra_meta or [None] * len(descriptions)
+    model = checkpoint.model
+    device = next(model.parameters()).device
+    weights = {name: (a.cpu(), b.cpu()) for name, (a, b) in model(embeddings.to(device)).items()}
+    return [
+        adapters.render_adapter(
+            weights,
+            index,
+            shapes=model.shapes,
+            rank=model.config.rank,
+            scale=model.config.scale,
+            description=text,
+            checkpoint_sha256=checkpoint.sha256,
+            encoder=checkpoint.encoder,
+            adapter_id=adapter_id or content_id(text, checkpoint.sha256),
+            dtype=dtype,
+            extra_meta=meta,
+        )
+        for index, (text, adapter_id, meta) in enumerate(zip(descriptions, ids, extra_meta))
+    ]

@@ -1,0 +1,73 @@
+"""`batch-generate`: the adapter factory from the command line, with a progress bar and a summary table."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from t2l_ray.cli.app import app
+from t2l_ray.cli.core import fail
+
+_SHOWN_FAILURES = 20
+
+
+def _overrides(batch_size, concurrency, max_chars, dtype, fail_fast) -> list[str]:
+    """Flags given on the command line, as `--set` overrides (they win over the config file)."""
+    given = {"batch_size": batch_size, "concurrency": concurrency, "max_chars": max_chars, "dtype": dtype,
+             "fail_fast": True if fail_fast else None}
+    return [f"{key}={value}" for key, value in given.items() if value is not None]
+
+
+def _print_summary(summary, out: str) -> None:
+    typer.echo(f"batch-generate: {summary.lines} lines -> {out}")
+    for label, value in (("written", summary.written), ("skipped", summary.skipped), ("failed", summary.failed),
+                         ("adapters/s", f"{summary.adapters_per_s:.1f}"), ("MB/s", f"{summary.mb_per_s:.2f}")):
+        typer.echo(f"  {label:<11}{value:>10}")
+    for uri in summary.manifest:
+        typer.echo(f"  manifest   {uri}")
+    if summary.stopped_at is not None:
+        typer.echo(f"stopped at line {summary.stopped_at} (--fail-fast): later lines were not processed", err=True)
+    for row in summary.failures[:_SHOWN_FAILURES]:
+        typer.echo(f"failed line {row['line']}: {row['error']}", err=True)
+    if len(summary.failures) > _SHOWN_FAILURES:
+        typer.echo(f"... and {len(summary.failures) - _SHOWN_FAILURES} more failed lines (see the manifest)", err=True)
+
+
+@app.command("batch-generate")
+def batch_generate(
+    input_spec: str = typer.Argument(..., metavar="INPUT",
+                                     help="JSONL file, folder of .jsonl, glob, or URI; one {description, id?, metadata?} per line."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI)."),
+    out: str = typer.Option(..., "--out", help="Parent folder: adapters go to OUT/ID/, the manifest to OUT/_manifest/."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Descriptions per hypernet forward (default 32)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Encoder and hypernet actors per stage (default 1)."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first bad line; nothing after it is written."),
+    max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Longest description accepted (default 4000)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default bfloat16)."),
+    config_path: Optional[str] = typer.Option(None, "--config", help="YAML file of factory settings (e.g. num_gpus)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set num_gpus=1."),
+):
+    """Generate one adapter per line of a JSONL file on Ray; exit 1 when any line failed."""
+    from tqdm import tqdm
+
+    from t2l_ray.factory import load_factory_config, run_factory
+
+    try:
+        config = load_factory_config(config_path, [*overrides, *_overrides(batch_size, concurrency, max_chars, dtype, fail_fast)])
+    except ValueError as error:
+        fail(str(error))
+    bar = tqdm(unit="line", desc="batch-generate", disable=None)
+    try:
+        summary = run_factory(
+            input_spec, checkpoint, out, config,
+            on_plan=lambda plan: bar.reset(total=plan.total),
+            on_row=lambda row: bar.update(1),
+        )
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    finally:
+        bar.close()
+    _print_summary(summary, out)
+    if summary.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,338 @@
+"""The adapter factory (`batch-generate`): line checks, the manifest, and whole runs on Ray, local and on S3."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from t2l_ray import adapters, checkpoint, manifest, storage
+from t2l_ray.cli import app
+from t2l_ray.factory import FactoryConfig, input_files, parse_line, plan_run
+from t2l_ray.generator import Generator, content_id, render_embeddings
+from t2l_ray.hypernet import HypernetConfig, TextToLoRA
+from t2l_ray.shapes import BaseShapes, ModuleShape
+
+runner = CliRunner()
+SHAPES = BaseShapes("tiny-llama", "llama", 2, (ModuleShape("q_proj", 64, 64), ModuleShape("v_proj", 64, 32)))
+GOOD = 200
+
+
+def make_checkpoint(uri: str, seed: int = 0) -> str:
+    """A tiny checkpoint whose heads are perturbed, so adapters differ by description (untrained ones are all B = 0)."""
+    torch.manual_seed(seed)
+    model = TextToLoRA(HypernetConfig(variant="M", rank=4, lora_alpha=8.0, latent=32, head_in=64), SHAPES, 384)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(0, 0.02)
+    return checkpoint.save_checkpoint(model, "all-minilm-l6-v2", uri)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("ckpt") / "t2l")
+    return uri, make_checkpoint(uri)
+
+
+@pytest.fixture
+def cluster(s3_server, ray_cluster):
+    """Ray with the S3 variables in its workers: whichever Ray test runs first, the S3 server is up before Ray."""
+    return ray_cluster
+
+
+def bad_lines(first_id: str) -> dict[int, tuple[str, str]]:
+    """Line number -> (text, a phrase its error must contain), spread among the good lines."""
+    return {
+        3: ("{not json", "invalid JSON"),
+        17: ("[1, 2]", "expected a JSON object"),
+        40: (json.dumps({"id": "lonely"}), "'description' is missing"),
+        41: (json.dumps({"description": "   "}), "'description' is missing or empty"),
+        77: (json.dumps({"description": "x" * 4001}), "the limit is 4000"),
+        90: (json.dumps({"description": "ok", "id": "a:b"}), "invalid adapter id"),
+        120: (json.dumps({"description": "ok", "id": "a/b"}), "invalid adapter id"),
+        150: (json.dumps({"description": "ok", "id": "a..b"}), "invalid adapter id"),
+        160: (json.dumps({"description": "another text", "id": first_id}), "with a different description"),
+        210: (json.dumps({"description": "ok", "metadata": [1]}), "'metadata' must be a JSON object"),
+    }
+
+
+def write_input(path: str, ckpt_sha: str, with_bad: bool = True) -> tuple[dict[int, str], dict[int, str]]:
+    """GOOD descriptions (ids given for some, content hashes for the rest) plus 10 bad lines when asked.
+
+    Returns (line -> expected adapter id of the good lines, line -> a phrase of the bad lines' errors).
+    """
+    good = []
+    for i in range(GOOD):
+        row = {"description": f"Task {i}: answer questions about topic number {i} in {'short' if i % 3 else 'long'} form."}
+        if i % 2 == 0:
+            row["id"] = f"task-{i:03d}"
+        if i % 5 == 0:
+            row["metadata"] = {"source": "test", "index": i}
+        good.append(row)
+    bad = bad_lines("task-000") if with_bad else {}
+    lines, ids, rows = [], {}, iter(good)
+    for number in range(1, GOOD + len(bad) + 1):
+        if number in bad:
+            lines.append(bad[number][0])
+        else:
+            row = next(rows)
+            lines.append(json.dumps(row))
+            ids[number] = row.get("id") or content_id(row["description"], ckpt_sha)
+    storage.write_text(path, "\n".join(lines) + "\n")
+    return ids, {number: phrase for number, (_, phrase) in bad.items()}
+
+
+def check_manifest(out: str, ids: dict[int, str], bad: dict[int, str], source: str, fresh: set[str] | None = None) -> None:
+    """The newest row per line is right: good lines name their adapter (uri, bytes, sha256), bad ones their error.
+
+    `fresh`: the ids this run wrote (the others must be skipped); None when that is not known.
+    """
+    latest = manifest.latest_by_line(out)
+    assert sorted(latest) == sorted([*ids, *bad])
+    for line, adapter_id in ids.items():
+        row, folder = latest[line], storage.join(out, adapter_id)
+        weights = storage.read_bytes(storage.join(folder, adapters.WEIGHTS_FILE))
+        assert row["status"] in ("written", "skipped") and row["error"] is None, row
+        assert (row["id"], row["uri"]) == (adapter_id, folder)
+        assert (row["bytes"], row["sha256"]) == (len(weights), hashlib.sha256(weights).hexdigest())
+        if fresh is not None:
+            assert row["status"] == ("written" if adapter_id in fresh else "skipped"), row
+    for line, phrase in bad.items():
+        row = latest[line]
+        assert row["status"] == "failed" and row["error"].startswith(f"{source}:{line}: ") and phrase in row["error"], row
+
+
+def folders(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if p.is_dir() and p.name != manifest.MANIFEST_DIR}
+
+
+def batch_generate(*args: str):
+    return runner.invoke(app, ["batch-generate", *args])
+
+
+# ------------------------------------------------------------------------------------------------ no Ray
+
+
+@pytest.mark.parametrize("text,phrase", [
+    (b"{", "invalid JSON"),
+    (b"\xff\xfe", "not valid UTF-8"),
+    (b'"just a string"', "expected a JSON object, got str"),
+    (b'{"description": 42}', "'description' must be a string"),
+    (b'{"description": ""}', "'description' is missing or empty"),
+    (b'{"description": "ok", "desc": "typo"}', "unknown key(s) ['desc']"),
+    (b'{"description": "ok", "id": "Upper"}', "invalid adapter id"),
+    (b'{"description": "ok", "id": 7}', "invalid adapter id"),
+    (b'{"description": "ok", "metadata": "x"}', "'metadata' must be a JSON object"),
+    (b'{"description": "0123456789a"}', "has 11 characters; the limit is 10"),
+])
+def test_bad_lines_name_file_and_line(text, phrase):
+    with pytest.raises(ValueError) as error:
+        parse_line(7, "in.jsonl:7", text, max_chars=10)
+    assert str(error.value).startswith("in.jsonl:7: ") and phrase in str(error.value)
+
+
+def test_good_line():
+    request = parse_line(2, "f:2", b'{"description": "Sort words.", "id": "sort_1", "metadata": {"k": 1}}\r', 100)
+    assert (request.description, request.given_id, request.metadata) == ("Sort words.", "sort_1", {"k": 1})
+    assert parse_line(3, "f:3", b'{"description": "x", "id": null}', 100).given_id is None
+
+
+def test_input_files(tmp_path):
+    for name in ("b.jsonl", "a.jsonl", "notes.txt"):
+        (tmp_path / name).write_text("{}\n")
+    assert input_files(str(tmp_path)) == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    assert input_files(str(tmp_path / "*.txt")) == [str(tmp_path / "notes.txt")]
+    assert input_files(f"file://{tmp_path}/b*") == [f"file://{tmp_path}/b.jsonl"]
+    with pytest.raises(FileNotFoundError, match="no input file matches"):
+        input_files(str(tmp_path / "*.csv"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        input_files(str(tmp_path / "missing.jsonl"))
+
+
+def test_line_numbers_run_over_files_and_blank_lines(tmp_path, tiny_ckpt):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "1.jsonl").write_text('{"description": "a"}\n\n{"description": "b"}\n')
+    (tmp_path / "in" / "2.jsonl").write_text('{"description": "c"}\n{oops\n')
+    plan = plan_run(input_files(str(tmp_path / "in")), str(tmp_path / "out"), tiny_ckpt[1], FactoryConfig())
+    assert [r.line for r, _ in plan.todo] == [1, 3, 4] and plan.lines == 5 and plan.total == 4
+    (bad,) = plan.rows
+    assert bad["line"] == 5 and bad["error"].startswith(f"{tmp_path / 'in' / '2.jsonl'}:2: invalid JSON")
+
+
+def test_plan_repeats_disk_state_and_fail_fast(tmp_path, tiny_ckpt):
+    """Repeats share an adapter; what is on disk is skipped or, when it is another adapter, a failed line."""
+    ckpt_uri, sha = tiny_ckpt
+    out = str(tmp_path / "out")
+    loaded = checkpoint.load_checkpoint(ckpt_uri)
+    texts = ["Translate to French.", "Write a haiku.", "Count the vowels."]
+    made = render_embeddings(loaded, torch.randn(3, 384), texts, ["fr", "haiku", "vowels"])
+    for adapter_id, files in zip(["fr", "haiku", "vowels"], made):
+        adapters.write_adapter(storage.join(out, adapter_id), files)
+    storage.delete(storage.join(out, "vowels", adapters.CONFIG_FILE))  # a half-written folder: made again
+    lines = [
+        {"description": "Translate to French.", "id": "fr"},  # 1: already made -> skipped
+        {"description": "New task."},  # 2: to make, under a content id
+        {"description": "Write a limerick.", "id": "haiku"},  # 3: on disk for another description -> failed
+        {"description": "Count the vowels.", "id": "vowels"},  # 4: incomplete on disk -> to make
+        {"description": "Count the vowels.", "id": "vowels"},  # 5: a repeat of line 4
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    plan = plan_run([str(path)], out, sha, FactoryConfig())
+    rows = {row["line"]: row for row in plan.rows}
+    assert rows[1]["status"] == "skipped" and rows[1]["sha256"] == hashlib.sha256(made[0].files[adapters.WEIGHTS_FILE]).hexdigest()
+    assert rows[3]["status"] == "failed" and "already holds an adapter for a different description" in rows[3]["error"]
+    assert [(r.line, i) for r, i in plan.todo] == [(2, content_id("New task.", sha)), (4, "vowels")]
+    assert [r.line for r in plan.followers[4]] == [5] and plan.total == 5
+
+    stopped = plan_run([str(path)], out, sha, FactoryConfig(fail_fast=True))
+    assert stopped.stopped_at == 3 and [row["line"] for row in stopped.rows] == [1, 3]
+    assert [r.line for r, _ in stopped.todo] == [2] and stopped.followers == {}
+
+
+def test_fail_fast_cli_stops_at_the_first_bad_line(tmp_path, tiny_ckpt):
+    source, out = tmp_path / "in.jsonl", tmp_path / "out"
+    source.write_text('{"description": "a", "id": "a"}\n{"id": "no-description"}\n{"description": "c"}\n')
+    # Without --fail-fast the bad line is only reported; with it, the run stops there.
+    plan = plan_run([str(source)], str(out), tiny_ckpt[1], FactoryConfig())
+    assert [r.line for r, _ in plan.todo] == [1, 3]
+    source.write_text('{"id": "no-description"}\n{"description": "b"}\n')
+    result = batch_generate(str(source), "--checkpoint", tiny_ckpt[0], "--out", str(out), "--fail-fast")
+    assert result.exit_code == 1 and "stopped at line 1" in result.output and "failed line 1: " in result.output
+    assert folders(out) == set()
+    assert [(row["line"], row["status"]) for row in manifest.read_rows(str(out))] == [(1, "failed")]
+
+
+def test_render_embeddings_is_the_generators_path(tiny_ckpt, minilm):
+    """The factory embeds and renders in separate actors; the bytes are the same as `Generator.render`'s."""
+    loaded = checkpoint.load_checkpoint(tiny_ckpt[0])
+    texts, ids = ["Sort the words.", "Add the numbers."], ["sort", "add"]
+    whole = Generator(loaded, encoder=minilm).render(texts, ids)
+    split = render_embeddings(loaded, minilm.encode(texts), texts, ids, extra_meta=[None, {"metadata": {"k": 1}}])
+    assert [f.files[adapters.WEIGHTS_FILE] for f in whole] == [f.files[adapters.WEIGHTS_FILE] for f in split]
+    assert json.loads(split[1].files[adapters.META_FILE])["metadata"] == {"k": 1}
+
+
+def test_manifest_newest_row_wins_and_parts_roll_over(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    first = manifest.ManifestWriter(out)
+    for line in (1, 2):
+        first.add(manifest.manifest_row(line, "failed", error="boom"))
+    first.flush()
+    monkeypatch.setattr(manifest, "ROWS_PER_FILE", 2)
+    second = manifest.ManifestWriter(out)
+    for line in (2, 3, 4):
+        second.add(manifest.manifest_row(line, "written", id=f"a{line}", uri="u", bytes=1, sha256="s"))
+    second.flush()
+    assert [Path(u).name[-10:] for u in second.uris] == ["0000.jsonl", "0001.jsonl"]
+    assert len(manifest.manifest_files(out)) == 3
+    latest = manifest.latest_by_line(out)
+    assert {line: row["status"] for line, row in latest.items()} == {1: "failed", 2: "written", 3: "written", 4: "written"}
+    with pytest.raises(ValueError, match="status must be one of"):
+        manifest.manifest_row(1, "done")
+
+
+def test_bad_config_and_checkpoint_exit_2(tmp_path, tiny_ckpt):
+    (tmp_path / "in.jsonl").write_text('{"description": "x"}\n')
+    result = batch_generate(str(tmp_path / "in.jsonl"), "--checkpoint", tiny_ckpt[0], "--out", str(tmp_path), "--batch-size", "0")
+    assert result.exit_code == 2 and "batch_size must be at least 1" in result.output
+    result = batch_generate(str(tmp_path / "in.jsonl"), "--checkpoint", str(tmp_path / "no"), "--out", str(tmp_path))
+    assert result.exit_code == 2 and "not a hypernet checkpoint" in result.output
+    result = batch_generate(str(tmp_path / "in.jsonl"), "--checkpoint", tiny_ckpt[0], "--out", str(tmp_path), "--set", "gpus=1")
+    assert result.exit_code == 2 and "unknown key(s) ['gpus']" in result.output
+
+
+# ------------------------------------------------------------------------------------------------ on Ray
+
+
+@pytest.mark.slow
+def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, cluster):
+    ckpt_uri, sha = tiny_ckpt
+    out, source = tmp_path / "adapters", str(tmp_path / "in.jsonl")
+    ids, bad = write_input(source, sha)
+    every = set(ids.values())
+
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out), "--batch-size", "16")
+    assert result.exit_code == 1, result.output
+    assert "written           200" in result.output and "skipped             0" in result.output
+    assert "failed             10" in result.output and "failed line 160: " in result.output
+    assert folders(out) == every
+    check_manifest(str(out), ids, bad, source, fresh=every)
+    for adapter_id in sorted(every):
+        check = runner.invoke(app, ["validate-adapter", str(out / adapter_id), "--max-lora-rank", "4"])
+        assert check.exit_code == 0, check.output
+    meta = json.loads((out / "task-010" / adapters.META_FILE).read_text())
+    assert meta["metadata"] == {"source": "test", "index": 10} and meta["checkpoint_sha256"] == sha
+    a, b = (storage.read_bytes(str(out / i / adapters.WEIGHTS_FILE)) for i in ("task-000", "task-002"))
+    assert a != b  # the perturbed heads make adapters depend on the description
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if manifest.MANIFEST_DIR not in p.parts}
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out))
+    assert result.exit_code == 1 and "written             0" in result.output and "skipped           200" in result.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if manifest.MANIFEST_DIR not in p.parts} == before
+    check_manifest(str(out), ids, bad, source, fresh=set())
+    assert len(manifest.manifest_files(str(out))) == 2
+
+
+@pytest.mark.slow
+def test_batch_generate_on_s3(s3_server, cluster):
+    ckpt_uri, out, source = s3_server.uri("factory/ckpt"), s3_server.uri("factory/adapters"), s3_server.uri("factory/in.jsonl")
+    sha = make_checkpoint(ckpt_uri, seed=1)
+    ids, bad = write_input(source, sha)
+    every = set(ids.values())
+
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", out, "--batch-size", "32")
+    assert result.exit_code == 1 and "written           200" in result.output, result.output
+    assert set(storage.list_dir(out)) == every | {manifest.MANIFEST_DIR}
+    check_manifest(out, ids, bad, source, fresh=every)
+    for adapter_id in sorted(every):
+        check = runner.invoke(app, ["validate-adapter", storage.join(out, adapter_id)])
+        assert check.exit_code == 0, check.output
+
+    result = batch_generate(s3_server.uri("factory/*.jsonl"), "--checkpoint", ckpt_uri, "--out", out)
+    assert result.exit_code == 1 and "written             0" in result.output and "skipped           200" in result.output
+    check_manifest(out, ids, bad, source, fresh=set())
+
+
+@pytest.mark.slow
+def test_killed_run_is_completed_by_a_rerun(tmp_path, tiny_ckpt, cluster):
+    """SIGKILL the CLI midway: no half-visible adapter, and a rerun finishes the job without remaking any."""
+    ckpt_uri, sha = tiny_ckpt
+    out, source = tmp_path / "adapters", str(tmp_path / "in.jsonl")
+    ids, _ = write_input(source, sha, with_bad=False)
+    every = set(ids.values())
+    env = {**os.environ, "RAY_ADDRESS": cluster.get_runtime_context().gcs_address}
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "t2l_ray", "batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out),
+             "--batch-size", "2"],
+            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not out.is_dir() or sum(adapters.is_complete(str(p)) for p in out.iterdir()) < 6:
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no adapters after 180 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the driver only: its actors die with it, the cluster stays
+        proc.wait(timeout=30)
+    complete = {p.name for p in out.iterdir() if adapters.is_complete(str(p))}
+    assert 0 < len(complete) < GOOD
+
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert folders(out) == every and all(adapters.is_complete(str(out / i)) for i in every)
+    check_manifest(str(out), ids, {}, source)
+    rerun = [json.loads(t) for t in storage.read_text(manifest.manifest_files(str(out))[-1]).splitlines()]
+    assert sorted(row["line"] for row in rerun) == list(range(1, GOOD + 1))
+    assert {row["id"] for row in rerun if row["status"] == "written"}.isdisjoint(complete)
+    assert {row["id"] for row in rerun} == every
