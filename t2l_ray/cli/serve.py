@@ -1,0 +1,78 @@
+"""`serve`: run the adapter endpoint (t2l_ray.serve) on Ray Serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Optional
+
+import typer
+
+from t2l_ray.cli.app import app
+from t2l_ray.cli.core import fail
+
+
+def _url(host: str, port: int, route_prefix: str) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}{route_prefix.rstrip('/')}"
+
+
+@app.command("serve")
+def serve_command(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI)."),
+    out: str = typer.Option(..., "--out", help="Store for adapters: POST /v1/adapters writes OUT/ID/."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the HTTP proxy binds (0.0.0.0 exposes it)."),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    config_path: Optional[str] = typer.Option(None, "--config", help="YAML of serve settings (replicas, batching, limits)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set max_batch_size=64."),
+):
+    """Serve POST /v1/adapters (descriptions in, adapters out) on Ray Serve until Ctrl-C.
+
+    With T2L_API_TOKEN set in this environment, /v1 routes need `Authorization: Bearer <token>`.
+    """
+    from t2l_ray import storage
+    from t2l_ray.checkpoint import read_checkpoint_config
+    from t2l_ray.serve import build_app, load_serve_config
+
+    try:
+        config = load_serve_config(config_path, overrides)
+        read_checkpoint_config(checkpoint)
+        storage.resolve(out)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    if not 0 < port < 65536:
+        fail(f"--port must be in 1..65535, not {port}")
+
+    from ray import serve
+
+    from t2l_ray.raycluster import ensure_ray
+
+    shared = bool(os.environ.get("RAY_ADDRESS"))  # someone else's cluster: remove only our application
+    ray = ensure_ray()
+
+    def stop(signum, frame):  # SIGTERM (kubectl, systemd) shuts down like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        application = build_app({"checkpoint": checkpoint, "out": out, "config": config})
+        try:
+            serve.run(application, name=config.name, route_prefix=config.route_prefix, blocking=False)
+        except RuntimeError as error:
+            fail(f"the Serve application did not start: {error}", code=1)
+        url = _url(host, port, config.route_prefix)
+        typer.echo(f"serving {checkpoint} -> {out}")
+        typer.echo(f"  POST {url}/v1/adapters    GET {url}/v1/adapters/ID    {url}/healthz    {url}/docs")
+        typer.echo("Ctrl-C stops it.")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("shutting down")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        try:
+            serve.delete(config.name) if shared else serve.shutdown()
+        finally:
+            ray.shutdown()
