@@ -95,7 +95,7 @@ def load_base_config(name_or_path: str | Path | PretrainedConfig) -> PretrainedC
     preset = _preset_key(text)
     if preset is not None:
         data = json.loads(resources.files("t2l_ray.presets").joinpath(f"{preset}.json").read_text())
-        return _config_from_dict(data)
+        return config_from_dict(data)
     path = Path(text)
     if path.is_file():
         try:
@@ -103,11 +103,11 @@ def load_base_config(name_or_path: str | Path | PretrainedConfig) -> PretrainedC
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not a valid config.json ({error})") from None
         data.setdefault("_name_or_path", str(path.parent))
-        return _config_from_dict(data)
+        return config_from_dict(data)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} has no config.json")
-        return _config_from_dict(json.loads((path / "config.json").read_text()) | {"_name_or_path": str(path)})
+        return config_from_dict(json.loads((path / "config.json").read_text()) | {"_name_or_path": str(path)})
     try:
         return AutoConfig.from_pretrained(text)
     except Exception as error:  # noqa: BLE001 - any hub/network failure becomes one clear message
@@ -117,7 +117,7 @@ def load_base_config(name_or_path: str | Path | PretrainedConfig) -> PretrainedC
         ) from None
 
 
-def _config_from_dict(data: dict) -> PretrainedConfig:
+def config_from_dict(data: dict) -> PretrainedConfig:
     data = dict(data)
     model_type = data.pop("model_type", None)
     if not model_type:

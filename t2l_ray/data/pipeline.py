@@ -30,18 +30,10 @@ import numpy as np
 
 from t2l_ray import storage
 from t2l_ray.data.prompts import IGNORE_INDEX, TokenizeBatch
-from t2l_ray.data.sni import parse_task
+from t2l_ray.data.sni import instance_rows, parse_task
 from t2l_ray.encoders import text_key
 
 EMBEDDING_COLUMNS = ("key", "embedding")
-
-
-def _flatten_task_file(row: dict) -> list[dict]:
-    task = parse_task(row["bytes"], row["path"])
-    return [
-        {"task": task.name, "id": inst.id, "definition": task.definition, "input": inst.input, "outputs": list(inst.outputs)}
-        for inst in task.instances
-    ]
 
 
 class AttachDescription:
@@ -154,7 +146,7 @@ def embed_descriptions(texts: list[str], encoder: str, uri: str, batch_size: int
         fresh = (
             ray.data.from_items(missing)
             .map_batches(EncodeActor, fn_constructor_kwargs={"encoder": encoder}, batch_size=batch_size,
-                         concurrency=1, num_cpus=0.5, batch_format="numpy")
+                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, batch_format="numpy")
             .take_all()
         )
         table["key"] += [row["key"] for row in fresh]
@@ -187,16 +179,23 @@ def build_sft_dataset(
     if len(descriptions) < tasks_per_batch:
         raise ValueError(f"tasks_per_batch={tasks_per_batch} but only {len(descriptions)} tasks are available")
     embeddings_ref = ray.put(embeddings)
+    filesystem, _ = storage.resolve(task_files[0])
+    paths = [storage.resolve(uri)[1] for uri in task_files]
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the trainer's own progress bar is the one users read
+    # A lambda, not a module-level function: Ray pickles it by value, so read workers import only sni.py and
+    # not this module's torch and transformers (about 4 s of CPU per worker process on a 2-core machine).
+    flatten = lambda row: instance_rows([parse_task(row["bytes"], row["path"])])  # noqa: E731
     return (
-        ray.data.read_binary_files(task_files, include_paths=True)
-        .flat_map(_flatten_task_file)
+        ray.data.read_binary_files(paths, filesystem=filesystem, include_paths=True, num_cpus=0.25)
+        .flat_map(flatten, num_cpus=0.25)
         .map_batches(AttachDescription, fn_constructor_kwargs={"descriptions": descriptions, "encoder": encoder, "seed": seed},
-                     batch_format="numpy", concurrency=1, num_cpus=0.25)
+                     batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
         .map_batches(TokenizeFixedWidth, fn_constructor_kwargs={"tokenizer": tokenizer_dir, "max_prompt_tokens": max_prompt_tokens,
                                                             "max_response_tokens": max_response_tokens},
-                     batch_format="numpy", concurrency=1, num_cpus=0.25)
+                     batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25)
         .random_shuffle(seed=seed)
         .map_batches(TaskGrouper, fn_constructor_kwargs={
             "tasks_per_batch": tasks_per_batch, "embeddings_ref": embeddings_ref, "task_names": sorted(descriptions)},
-            batch_format="numpy", concurrency=1, num_cpus=0.25, batch_size=256)
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.25, batch_size=256)
     )
