@@ -4,6 +4,7 @@ from t2l_ray.cli.app import app
 from t2l_ray.cli import core  # noqa: F401  (registers commands)
 from t2l_ray.cli import factory  # noqa: F401
 from t2l_ray.cli import data  # noqa: F401
+from t2l_ray.cli import train  # noqa: F401
 from t2l_ray.cli import serve  # noqa: F401
 
 __all__ = ["app"]

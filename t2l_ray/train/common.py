@@ -1,0 +1,258 @@
+"""Pieces every training command shares: run-folder conventions, checkpoints, metrics, data selection.
+
+Used by the SFT loop, the reconstruction loop (`recon.py`) and the LoRA baselines (`baselines.py`), so the
+three write the same run folder:
+- `config.yaml`, the resolved recipe;
+- `metrics.jsonl`, one JSON object per logged step with at least `step`, `loss`, `lr`, `samples_per_s`;
+- `checkpoint_*`, Ray Train checkpoints: every rank's DeepSpeed state under tag `ds`, its torch RNG state
+  (`rng_rank{N}.pt`) and `trainer_state.json` (step, epoch, data position);
+- `hypernet/`, the latest exported hypernet in the foundation's checkpoint format;
+- `_workers/rank{N}.pid`, where each worker runs (operators and the fault-injection test find it there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from t2l_ray import storage
+
+DS_TAG = "ds"
+STATE_FILE = "trainer_state.json"
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+
+
+class MetricsLog:
+    """`{run}/metrics.jsonl`, rewritten whole on each log so it works on object stores (no appends there)."""
+
+    def __init__(self, run_dir: str, resume_step: int, name: str = "metrics.jsonl"):
+        self.uri = storage.join(run_dir, name)
+        self.rows: list[dict] = []
+        if storage.exists(self.uri):
+            rows = [json.loads(line) for line in storage.read_text(self.uri).splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["step"] <= resume_step]  # the loss curve continues, never restarts
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+        storage.write_text(self.uri, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+
+def mean_across_workers(values: list[float]) -> list[float]:
+    """The mean of each value over all workers (identity outside a process group)."""
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return tensor.tolist()
+
+
+def record_worker(run_dir: str, rank: int) -> None:
+    storage.write_text(storage.join(run_dir, "_workers", f"rank{rank}.pid"), str(os.getpid()))
+
+
+def restore_checkpoint(engine, rank: int, fresh_state: dict, seed: int) -> dict:
+    """Resume from Ray Train's latest checkpoint (DeepSpeed state, this rank's RNG, trainer state), else start.
+
+    A fresh start seeds torch per rank (`seed + 1000 * rank`) for per-worker noise (dropout, NEFTune).
+    """
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        torch.manual_seed(seed + 1000 * rank)
+        return dict(fresh_state)
+    with checkpoint.as_directory() as folder:
+        engine.load_checkpoint(folder, tag=DS_TAG)
+        state = json.loads(Path(folder, STATE_FILE).read_text())
+        rng = Path(folder, f"rng_rank{rank}.pt")
+        if rng.exists():
+            torch.set_rng_state(torch.load(rng))
+    return state
+
+
+def export_hypernet(engine, cfg, hypernet, encoder: str, run_dir: str, rank: int, step: int) -> None:
+    """Rank 0 writes `{run}/hypernet/` (a collective under ZeRO-3: every rank must call it)."""
+    from t2l_ray.checkpoint import save_checkpoint
+    from t2l_ray.hypernet import TextToLoRA
+    from t2l_ray.train.engine import full_state_dict
+
+    weights = full_state_dict(engine)
+    if rank == 0:
+        export = TextToLoRA(cfg.hypernet, hypernet.shapes, hypernet.encoder_dim)
+        export.load_state_dict(weights)
+        save_checkpoint(export, encoder, storage.join(run_dir, "hypernet"), extra={"step": step, "objective": cfg.objective})
+
+
+def save_and_report(engine, state: dict, rank: int, *, final: bool, before_report: Callable[[], None] | None = None) -> None:
+    """Every rank: DeepSpeed state + RNG + trainer state into one Ray Train checkpoint, then `report`.
+
+    `before_report` runs while the checkpoint folder exists (the hypernet export goes there, so the exported
+    hypernet is never newer than the latest reported checkpoint by more than this step).
+    """
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag=DS_TAG)
+        torch.save(torch.get_rng_state(), Path(folder, f"rng_rank{rank}.pt"))
+        Path(folder, STATE_FILE).write_text(json.dumps(state))
+        if before_report is not None:
+            before_report()
+        ray.train.report({"step": state["step"], "final": final}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+# ---------------------------------------------------------------------------------------------- driver side
+
+
+def write_run_config(cfg, run_dir: str) -> None:
+    import yaml
+
+    from t2l_ray.config import to_dict
+
+    storage.makedirs(run_dir)
+    storage.write_text(storage.join(run_dir, "config.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def watch_progress(run_dir: str, total: int, stop: threading.Event, name: str = "metrics.jsonl", desc: str = "train") -> None:
+    """Drive a progress bar from `{run}/metrics.jsonl` (the workers write it; the driver only reads)."""
+    from tqdm.auto import tqdm
+
+    uri = storage.join(run_dir, name)
+    with tqdm(total=total, desc=desc, unit="step") as bar:
+        while not stop.wait(2.0):
+            try:
+                lines = storage.read_text(uri).splitlines()
+            except FileNotFoundError:
+                continue
+            if not lines:
+                continue
+            last = json.loads(lines[-1])
+            bar.n = last["step"]
+            postfix = {"loss": f"{last['loss']:.4f}"}
+            if "lr" in last:
+                postfix["lr"] = f"{last['lr']:.2e}"
+            if "samples_per_s" in last:
+                postfix["samples_s"] = f"{last['samples_per_s']:.1f}"
+            bar.set_postfix(**postfix)
+            bar.refresh()
+
+
+def make_trainer(cfg, train_loop, loop_config: dict, run_dir: str, datasets: dict | None = None):
+    """A TorchTrainer whose Ray Train run folder IS `run_dir` (a path or URI), with the recipe's scaling,
+    backend, failure retries and checkpoint retention. Same `run_dir` again = resume."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    fs, path = storage.resolve(run_dir)
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker, **cfg.run.resources_per_worker},
+        ),
+        torch_config=TorchConfig(backend=cfg.run.backend),
+        run_config=ray.train.RunConfig(
+            name=Path(path).name, storage_path=str(Path(path).parent), storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+
+
+def fit_with_progress(trainer, run_dir: str, total_steps: int) -> float:
+    """`trainer.fit()` with a driver-side progress bar; returns the seconds it took."""
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_progress, args=(run_dir, total_steps, stop), daemon=True)
+    watcher.start()
+    started = time.time()
+    try:
+        trainer.fit()
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    return time.time() - started
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def local_folder(uri: str, scratch: str) -> str:
+    """A local copy of a small folder (a tokenizer) that libraries insist on reading from disk."""
+    fs, path = storage.resolve(uri)
+    if fs.type_name == "local":
+        return path
+    target = Path(scratch, Path(path).name)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in storage.list_dir(uri):
+        (target / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
+    return str(target)
+
+
+def select_tasks(cfg, scratch: str):
+    """The training tasks of a recipe and their descriptions: `(tasks, skipped, {task: [descriptions]})`.
+
+    `data.source=suite` writes the generated suite under `scratch` and trains on its training split;
+    held-out and excluded tasks are dropped; at most `data.descriptions_per_task` descriptions per task,
+    sampled with the run seed.
+    """
+    from t2l_ray.data.descriptions import descriptions_for, load_descriptions
+    from t2l_ray.data.sni import load_sni
+    from t2l_ray.data.suite import write_suite
+
+    descriptions = load_descriptions(cfg.data.descriptions) if cfg.data.descriptions else None
+    source = cfg.data.source
+    excluded = list(cfg.data.exclude) + list(cfg.data.heldout_tasks)
+    if source == "suite":
+        source = str(Path(scratch, "suite"))
+        suite = write_suite(source, seed=cfg.data.suite_seed)
+        descriptions = descriptions or suite.descriptions
+        if not cfg.data.task_list:
+            excluded += [t.name for t in suite.held_out]
+    tasks, skipped = load_sni(source, task_list=cfg.data.task_list or None, exclude=excluded or None)
+    by_task = descriptions_for(tasks, descriptions)
+    rng = random.Random(cfg.run.seed)
+    by_task = {t: (d if len(d) <= cfg.data.descriptions_per_task else rng.sample(d, cfg.data.descriptions_per_task))
+               for t, d in by_task.items()}
+    return tasks, skipped, by_task
+
+
+def prepare_tokenizer(cfg, tasks, run_dir: str, scratch: str) -> tuple[str, int]:
+    """`(local tokenizer folder, vocab size)`. `model.tokenizer=train` trains a BPE on the tasks' texts and
+    saves it to `{run}/tokenizer/` (deterministic: the same tasks give the same tokenizer)."""
+    from t2l_ray.data.sni import instance_rows
+    from t2l_ray.data.tokenizer import load_tokenizer, train_tokenizer
+
+    tokenizer_uri = cfg.model.tokenizer or cfg.model.name_or_path
+    if cfg.model.tokenizer == "train":
+        tokenizer_uri = storage.join(run_dir, "tokenizer")
+        local = str(Path(scratch, "tokenizer"))
+        texts = [r["input"] for r in instance_rows(tasks)] + [t.definition for t in tasks]
+        train_tokenizer(texts, local)
+        for file in Path(local).iterdir():
+            storage.write_bytes(storage.join(tokenizer_uri, file.name), file.read_bytes())
+    tokenizer_dir = local_folder(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
+    return tokenizer_dir, len(load_tokenizer(tokenizer_dir))
+
+
+def hypernet_shapes(cfg):
+    """The LoRA target shapes of the recipe's base model (config overrides applied), named as servers know it."""
+    import dataclasses
+
+    from t2l_ray.shapes import base_shapes
+    from t2l_ray.train.engine import base_config_with_overrides
+
+    shapes = base_shapes(base_config_with_overrides(cfg), cfg.hypernet.target_modules)
+    return dataclasses.replace(shapes, base_model=cfg.model.name_or_path)

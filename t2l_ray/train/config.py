@@ -1,0 +1,109 @@
+"""The training recipe: one dataclass tree, loaded from `jobs/*.yaml`, overridden with `--set key=value`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from t2l_ray.config import doc
+from t2l_ray.encoders import OFFLINE_DEFAULT
+from t2l_ray.hypernet import HypernetConfig
+
+
+@dataclass
+class ModelConfig:
+    """The frozen base model."""
+
+    name_or_path: str = doc("Preset, local folder or hub name of the base causal LM.", "mistralai/Mistral-7B-Instruct-v0.2")
+    init: Literal["pretrained", "random"] = doc(
+        "pretrained: load the weights; random: build from the config with random weights (tests, CPU demo).", "pretrained"
+    )
+    config_overrides: dict[str, Any] = doc("Config fields to override (e.g. a tiny hidden_size for the demo).", default_factory=dict)
+    tokenizer: str = doc("Tokenizer folder or hub name; empty = the base model's own; 'train' = a BPE trained on the data.", "")
+    seed: int = doc("Seed for random init.", 0)
+
+
+@dataclass
+class DataConfig:
+    """Where examples come from and how batches are formed."""
+
+    source: str = doc("SNI tasks folder (path or URI), or 'suite' for the generated demo suite.", "suite")
+    descriptions: str = doc("Descriptions file (JSON/YAML/JSONL); empty = each task's Definition.", "")
+    task_list: str = doc("File of training task names, one per line; empty = every task in the source.", "")
+    exclude: list[str] = doc("Task names to leave out (T2L drops benchmark-derived tasks).", default_factory=list)
+    heldout_tasks: list[str] = doc("Tasks kept out of training for evaluation.", default_factory=list)
+    tasks_per_batch: int = doc("Distinct tasks in one batch, one example each (T2L: 8).", 8)
+    descriptions_per_task: int = doc("At most this many descriptions per task are used (T2L: 128).", 128)
+    max_prompt_tokens: int = doc("Prompt truncation length.", 256)
+    max_response_tokens: int = doc("Response truncation length.", 64)
+    suite_seed: int = doc("Seed of the generated suite.", 0)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc("Peak learning rate (T2L: 2.5e-5).", 2.5e-5)
+    weight_decay: float = doc("AdamW weight decay (T2L: 1e-2).", 1e-2)
+    warmup_steps: int = doc("Linear warmup steps, then linear decay to 0.", 10)
+    max_steps: int = doc("Optimizer steps in the run.", 1000)
+    grad_clip: float = doc("Gradient-norm clipping.", 1.0)
+    grad_accum: int = doc("Micro-batches per optimizer step.", 1)
+    label_smoothing: float = doc("Label smoothing of the SFT loss (T2L: 0.1).", 0.1)
+    l2_generated: float = doc("L2 penalty on the generated A and B (T2L: 1e-3).", 1e-3)
+    neftune_alpha: float = doc("NEFTune noise on input embeddings (T2L: 5); 0 turns it off.", 5.0)
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = doc("ZeRO stage: 2 (default) or 3.", 2)
+    bf16: bool = doc("bf16 mixed precision (GPU workers).", False)
+    offload_optimizer: bool = doc("Offload the optimizer state to CPU (needs DeepSpeed's CPU Adam build).", False)
+
+
+@dataclass
+class RunOptions:
+    output_dir: str = doc("Run folder (path or URI): metrics.jsonl, checkpoints, hypernet/.", "runs/t2l")
+    num_workers: int = doc("Ray Train workers.", 2)
+    use_gpu: bool = doc("One GPU per worker.", False)
+    cpus_per_worker: float = doc("CPUs per worker (fractional avoids the Ray Data starvation on small nodes).", 1.0)
+    backend: Literal["gloo", "nccl"] = doc("torch.distributed backend; nccl needs GPUs.", "gloo")
+    checkpoint_every: int = doc("Report a checkpoint every N steps.", 100)
+    log_every: int = doc("Log metrics every N steps.", 10)
+    seed: int = doc("Seed for the hypernet init and the data order.", 42)
+    max_failures: int = doc("Worker-failure retries (Ray Train FailureConfig).", 3)
+    resources_per_worker: dict[str, float] = doc("Extra custom resources per worker.", default_factory=dict)
+
+
+@dataclass
+class ReconstructionConfig:
+    library: str = doc("Folder (path or URI) of PEFT LoRA folders to reconstruct, one per task.", "")
+    target: Literal["delta_w", "ab"] = doc("L1 on delta-W = BA (default) or on A and B directly.", "delta_w")
+
+
+@dataclass
+class TrainConfig:
+    objective: Literal["sft", "reconstruction"] = doc("sft (main T2L recipe) or reconstruction of existing LoRAs.", "sft")
+    encoder: str = doc("Task encoder spec.", OFFLINE_DEFAULT)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    hypernet: HypernetConfig = field(default_factory=HypernetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    run: RunOptions = field(default_factory=RunOptions)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+
+    def check(self) -> None:
+        """Refuse settings that cannot run, with the reason; nothing is swapped silently."""
+        self.hypernet.check()
+        if self.deepspeed.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0-3, not {self.deepspeed.zero_stage}")
+        if self.run.backend == "nccl" and not self.run.use_gpu:
+            raise ValueError("run.backend=nccl needs GPU workers (run.use_gpu=true); CPU workers use gloo")
+        if self.deepspeed.offload_optimizer and not self.run.use_gpu:
+            raise ValueError(
+                "deepspeed.offload_optimizer offloads GPU optimizer state to the CPU; on CPU workers the state "
+                "already lives on the CPU, so it is refused rather than silently ignored"
+            )
+        if self.data.tasks_per_batch < 1 or self.optim.max_steps < 1:
+            raise ValueError("data.tasks_per_batch and optim.max_steps must be at least 1")
+        if self.objective == "reconstruction" and not self.reconstruction.library:
+            raise ValueError("objective=reconstruction needs reconstruction.library (a folder of LoRA folders)")

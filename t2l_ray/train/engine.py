@@ -1,0 +1,98 @@
+"""The DeepSpeed engine around the hypernet, and the frozen base model beside it.
+
+The hypernet is the only trainable module, so it alone goes into `deepspeed.initialize` (ZeRO shards its
+parameters, gradients and optimizer state). The base model is frozen, replicated on every worker, and never
+seen by the optimizer. On CPU workers DeepSpeed runs with its CPU accelerator and the gloo process group
+that Ray Train sets up; features the CPU accelerator cannot run are refused by `TrainConfig.check`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from t2l_ray.train.config import TrainConfig
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON config: ZeRO stage, AdamW, warmup + linear decay, clipping, accumulation, bf16."""
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.data.tasks_per_batch,
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        "bf16": {"enabled": cfg.deepspeed.bf16},
+        "optimizer": {
+            "type": "AdamW",
+            # torch's AdamW: DeepSpeed's fused/CPU Adam would compile C++ ops on first use.
+            "params": {"lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "betas": [0.9, 0.999],
+                       "eps": 1e-8, "torch_adam": True},
+        },
+        "scheduler": {
+            "type": "WarmupDecayLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.optim.lr, "warmup_num_steps": cfg.optim.warmup_steps,
+                       "total_num_steps": cfg.optim.max_steps, "warmup_type": "linear"},
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.deepspeed.offload_optimizer:
+        ds["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    return ds
+
+
+def set_cpu_accelerator_env(use_gpu: bool) -> None:
+    """DeepSpeed picks its accelerator at import; CPU workers must say so before that."""
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def build_engine(hypernet: torch.nn.Module, cfg: TrainConfig, world_size: int):
+    import deepspeed
+
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=hypernet,
+        model_parameters=[p for p in hypernet.parameters() if p.requires_grad],
+        config=deepspeed_config(cfg, world_size),
+        dist_init_required=False,
+    )
+    return engine, optimizer, scheduler
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The hypernet's full weights on every rank, also under ZeRO-3 (a collective: all ranks must call it)."""
+    import deepspeed
+
+    module = engine.module
+    params = list(module.parameters())
+    if engine.zero_optimization_stage() == 3:
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().clone().float().cpu() for k, v in module.state_dict().items()}
+    return {k: v.detach().clone().float().cpu() for k, v in module.state_dict().items()}
+
+
+def build_base_model(cfg: TrainConfig, device: torch.device):
+    """The frozen base LM: pretrained weights, or random weights from its config (tests and the CPU demo)."""
+    from transformers import AutoModelForCausalLM
+
+    from t2l_ray.lora import freeze
+
+    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+    if cfg.model.init == "random":
+        config = base_config_with_overrides(cfg)
+        torch.manual_seed(cfg.model.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=dtype)
+    return freeze(model).to(device).eval()
+
+
+def base_config_with_overrides(cfg: TrainConfig):
+    """The base config with `model.config_overrides` applied by rebuilding it (derived fields stay consistent)."""
+    from t2l_ray.shapes import config_from_dict, load_base_config
+
+    config = load_base_config(cfg.model.name_or_path)
+    if not cfg.model.config_overrides:
+        return config
+    return config_from_dict({**config.to_dict(), **cfg.model.config_overrides, "_name_or_path": cfg.model.name_or_path})

@@ -1,0 +1,189 @@
+"""The per-worker training loop that Ray Train runs on every worker.
+
+Each worker: the frozen base model, the hypernet inside a DeepSpeed engine, its shard of the task-grouped
+stream. Every `checkpoint_every` steps all workers save the DeepSpeed state (model, optimizer, scheduler)
+plus their RNG and data position into one Ray Train checkpoint, and rank 0 exports the full hypernet to
+`{run}/hypernet/` in the foundation's checkpoint format. A restarted worker group resumes from the latest
+checkpoint and skips the groups it had already consumed in that epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from t2l_ray import storage
+from t2l_ray.config import from_dict
+from t2l_ray.train.config import TrainConfig
+from t2l_ray.train.engine import set_cpu_accelerator_env
+
+DS_TAG = "ds"
+STATE_FILE = "trainer_state.json"
+
+
+class MetricsLog:
+    """`{run}/metrics.jsonl`, rewritten whole on each log so it works on object stores (no appends there)."""
+
+    def __init__(self, run_dir: str, resume_step: int):
+        self.uri = storage.join(run_dir, "metrics.jsonl")
+        self.rows: list[dict] = []
+        if storage.exists(self.uri):
+            rows = [json.loads(line) for line in storage.read_text(self.uri).splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["step"] <= resume_step]  # the loss curve continues, never restarts
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+        storage.write_text(self.uri, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+
+class TensorBoard:
+    """TensorBoard scalars under `{run}/tensorboard/`; written locally and copied up when the run is remote."""
+
+    def __init__(self, run_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        fs, path = storage.resolve(run_dir)
+        self.remote = None if fs.type_name == "local" else storage.join(run_dir, "tensorboard")
+        self.folder = str(Path(path, "tensorboard")) if self.remote is None else tempfile.mkdtemp(prefix="t2l-tb-")
+        self.writer = SummaryWriter(self.folder)
+
+    def log(self, row: dict) -> None:
+        for key, value in row.items():
+            if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"train/{key}", value, row["step"])
+        self.writer.flush()
+
+    def sync(self) -> None:
+        if self.remote is None:
+            return
+        for file in Path(self.folder).iterdir():
+            storage.write_bytes(storage.join(self.remote, file.name), file.read_bytes())
+
+
+def _mean_across_workers(values: list[float]) -> list[float]:
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return tensor.tolist()
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = from_dict(TrainConfig, config["train"])
+    set_cpu_accelerator_env(cfg.run.use_gpu)
+    import ray.train
+    import ray.train.torch
+
+    from t2l_ray.checkpoint import save_checkpoint
+    from t2l_ray.hypernet import TextToLoRA
+    from t2l_ray.shapes import BaseShapes
+    from t2l_ray.train.engine import build_base_model, build_engine, full_state_dict
+    from t2l_ray.train.objectives import sft_loss
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    run_dir = config["run_dir"]
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.run.seed)  # the same hypernet init on every worker
+
+    base = build_base_model(cfg, device)
+    hypernet = TextToLoRA(cfg.hypernet, BaseShapes.from_dict(config["shapes"]), config["encoder_dim"])
+    engine, _, scheduler = build_engine(hypernet, cfg, world)
+    scale = cfg.hypernet.scale
+
+    state = {"step": 0, "epoch": 0, "position": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            engine.load_checkpoint(folder, tag=DS_TAG)
+            state = json.loads(Path(folder, STATE_FILE).read_text())
+            rng = Path(folder, f"rng_rank{rank}.pt")
+            if rng.exists():
+                torch.set_rng_state(torch.load(rng))
+    else:
+        torch.manual_seed(cfg.run.seed + 1000 * rank)  # per-worker noise (NEFTune, dropout)
+    metrics = MetricsLog(run_dir, state["step"]) if rank == 0 else None
+    board = TensorBoard(run_dir) if rank == 0 else None
+    resumed_from = state["step"] if checkpoint else None
+    # Where each worker runs, so operators (and the fault-injection test) can find its process.
+    storage.write_text(storage.join(run_dir, "_workers", f"rank{rank}.pid"), str(os.getpid()))
+
+    shard = ray.train.get_dataset_shard("train")
+    window = {"loss": [], "lm_loss": [], "tokens": 0, "samples": 0, "start": time.perf_counter()}
+
+    def save(final: bool) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            engine.save_checkpoint(folder, tag=DS_TAG)
+            torch.save(torch.get_rng_state(), Path(folder, f"rng_rank{rank}.pt"))
+            Path(folder, STATE_FILE).write_text(json.dumps(state))
+            weights = full_state_dict(engine)
+            if rank == 0:
+                export = TextToLoRA(cfg.hypernet, hypernet.shapes, hypernet.encoder_dim)
+                export.load_state_dict(weights)
+                save_checkpoint(export, config["encoder"], storage.join(run_dir, "hypernet"),
+                                extra={"step": state["step"], "objective": cfg.objective})
+                board.sync()
+            ray.train.report({"step": state["step"], "final": final},
+                             checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    while state["step"] < cfg.optim.max_steps:
+        skip, seen = state["position"], 0
+        for position, batch in enumerate(shard.iter_torch_batches(batch_size=1, device=device)):
+            seen += 1
+            if position < skip:
+                continue
+            state["position"] = position + 1
+            batch = {k: v[0] for k, v in batch.items()}
+            engine.train()
+            embedding = batch["embedding"].to(torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32)
+            weights = engine(embedding)
+            loss, parts = sft_loss(
+                base, weights, scale, batch, label_smoothing=cfg.optim.label_smoothing, l2=cfg.optim.l2_generated,
+                neftune_alpha=cfg.optim.neftune_alpha, training=True,
+            )
+            engine.backward(loss)
+            engine.step()
+            window["loss"].append(float(loss.detach()))
+            window["lm_loss"].append(parts["lm_loss"])
+            window["tokens"] += int(batch["attention_mask"].sum())
+            window["samples"] += int(batch["input_ids"].shape[0])
+            if not engine.is_gradient_accumulation_boundary():
+                continue
+            state["step"] += 1
+            step = state["step"]
+            if step == 1 or step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
+                elapsed = time.perf_counter() - window["start"]
+                loss_mean, lm_mean, tokens, samples = _mean_across_workers([
+                    sum(window["loss"]) / len(window["loss"]), sum(window["lm_loss"]) / len(window["lm_loss"]),
+                    window["tokens"], window["samples"]])
+                grad_norm = engine.get_global_grad_norm()
+                row = {
+                    "step": step, "epoch": state["epoch"], "loss": loss_mean, "lm_loss": lm_mean,
+                    "lr": float(scheduler.get_last_lr()[0]),
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "tokens_per_s": tokens * world / elapsed, "samples_per_s": samples * world / elapsed,
+                    "time": time.time(),
+                }
+                if resumed_from is not None:
+                    row["resumed_from"], resumed_from = resumed_from, None
+                if metrics:
+                    metrics.log(row)
+                    board.log(row)
+                window = {"loss": [], "lm_loss": [], "tokens": 0, "samples": 0, "start": time.perf_counter()}
+            if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.max_steps:
+                save(final=step == cfg.optim.max_steps)
+            if step >= cfg.optim.max_steps:
+                break
+        else:
+            if seen == 0:
+                raise RuntimeError("the training stream yielded no batch: too few tasks or examples for one group")
+            state["epoch"] += 1
+            state["position"] = 0
+    engine.destroy()

@@ -1,0 +1,51 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from t2l_ray.config import ConfigError, describe, doc, load_config
+from t2l_ray.train.config import TrainConfig
+
+
+@dataclass
+class Inner:
+    lr: float = doc("learning rate", 0.1)
+    names: list[str] = doc("names", default_factory=lambda: ["a"])
+
+
+@dataclass
+class Outer:
+    steps: int = doc("steps", 3)
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 5\ninner: {lr: 0.5}\n")
+    config = load_config(Outer, path, ["inner.lr=3e-3", "inner.names=[x, y]"])
+    assert config.steps == 5 and config.inner.lr == pytest.approx(0.003) and config.inner.names == ["x", "y"]
+
+
+def test_unknown_keys_and_bad_types_name_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("inner: {lrr: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml.inner: unknown key\(s\) \['lrr'\]"):
+        load_config(Outer, path)
+    with pytest.raises(ConfigError, match="config.steps: expected int"):
+        load_config(Outer, None, ["steps=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(Outer, None, ["steps"])
+
+
+def test_every_recipe_in_jobs_loads():
+    from pathlib import Path
+
+    recipes = [p for p in Path(__file__).parent.parent.joinpath("jobs").glob("*.yaml")
+               if p.read_text().lstrip().startswith("#") and "objective:" in p.read_text()]
+    assert recipes, "no training recipes found"
+    for recipe in recipes:
+        load_config(TrainConfig, recipe).check()
+
+
+def test_describe_lists_nested_fields_with_docs():
+    rows = {key: text for key, _, text in describe(Outer)}
+    assert rows["inner.lr"] == "learning rate" and "steps" in rows
