@@ -27,7 +27,9 @@ class ModelConfig:
 class DataConfig:
     """Where examples come from and how batches are formed."""
 
-    source: str = doc("SNI tasks folder (path or URI), or 'suite' for the generated demo suite.", "suite")
+    source: str = doc(
+        "SNI tasks folder (path or URI); 'suite' for the generated demo suite; 'lol:NAME[,NAME]' for Lots-of-LoRAs "
+        "datasets (hub names or local .parquet/.jsonl exports).", "suite")
     descriptions: str = doc("Descriptions file (JSON/YAML/JSONL); empty = each task's Definition.", "")
     task_list: str = doc("File of training task names, one per line; empty = every task in the source.", "")
     exclude: list[str] = doc("Task names to leave out (T2L drops benchmark-derived tasks).", default_factory=list)

@@ -44,6 +44,7 @@ def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
     """Tasks, descriptions, tokenizer and embeddings, resolved once on the driver."""
     from t2l_ray.data.descriptions import descriptions_for, load_descriptions
     from t2l_ray.data.inspect import summarize
+    from t2l_ray.data.lol import LOL_PREFIX, materialise_lol_source
     from t2l_ray.data.sni import instance_rows, load_sni
     from t2l_ray.data.suite import write_suite
     from t2l_ray.data.tokenizer import load_tokenizer, train_tokenizer
@@ -51,7 +52,9 @@ def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
 
     descriptions = load_descriptions(_local_copy(cfg.data.descriptions, scratch)) if cfg.data.descriptions else None
     source = cfg.data.source
-    if source != "suite":
+    if source.startswith(LOL_PREFIX):
+        source = str(materialise_lol_source(source, Path(scratch, "lol")))
+    elif source != "suite":
         source = _local_copy(source, scratch)
     else:
         source = str(Path(scratch, "suite"))
@@ -91,10 +94,10 @@ def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
 
 
 def _task_uris(cfg: TrainConfig, tasks, run_dir: str) -> list[str]:
-    """Where every worker node can read the task files: the source URI itself, or (for the generated
-    suite) a copy in the run folder, which is shared storage whenever the cluster has several nodes."""
-    if cfg.data.source == "suite":
-        folder = storage.join(run_dir, "data", "suite")
+    """Where every worker node can read the task files: the source URI itself, or (for the generated suite
+    and Lots-of-LoRAs sources) a copy in the run folder, which is shared storage on any multi-node cluster."""
+    if cfg.data.source == "suite" or cfg.data.source.startswith("lol:"):
+        folder = storage.join(run_dir, "data", "tasks")
         for task in tasks:
             storage.write_bytes(storage.join(folder, Path(task.source_file).name), Path(task.source_file).read_bytes())
         return [storage.join(folder, Path(t.source_file).name) for t in tasks]
