@@ -6,5 +6,6 @@ from t2l_ray.cli import factory  # noqa: F401
 from t2l_ray.cli import data  # noqa: F401
 from t2l_ray.cli import train  # noqa: F401
 from t2l_ray.cli import serve  # noqa: F401
+from t2l_ray.cli import eval as eval_cli  # noqa: F401
 
 __all__ = ["app"]
