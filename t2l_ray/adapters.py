@@ -195,6 +195,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config: dict, expected: Bas
         layer, parent, module, which = int(match.group(1)), match.group(2), match.group(3), match.group(4)
         if module not in targets:
             errors.append(f"{WEIGHTS_FILE}: key {key!r} is for {module!r}, not in target_modules {targets}")
+        elif parent != ModuleShape(module, 0, 0).parent:
+            errors.append(f"{WEIGHTS_FILE}: key {key!r} puts {module} under {parent}; the base model has it under "
+                          f"{ModuleShape(module, 0, 0).parent}")
         if not torch.isfinite(tensor.float()).all():
             errors.append(f"{WEIGHTS_FILE}: {key} has non-finite values (NaN or Inf)")
         if tensor.dim() != 2:

@@ -225,6 +225,7 @@ def test_command_is_real_with_real_options(cli, item):
 OVERRIDE_TARGETS = {
     "train": "t2l_ray.train.config:TrainConfig",
     "batch-generate": "t2l_ray.factory:FactoryConfig",
+    "train-lora": "t2l_ray.train.baselines:BaselineRecipe",
 }
 
 

@@ -32,6 +32,22 @@ STATE_FILE = "trainer_state.json"
 # ---------------------------------------------------------------------------------------------- worker side
 
 
+def pin_build_tools() -> None:
+    """Put this interpreter's bin folder first on PATH, before DeepSpeed JIT-loads its C++ ops.
+
+    DeepSpeed's CPU ops build with `ninja` in a shared cache (~/.cache/torch_extensions). The venv ships
+    ninja 1.13 and the system has 1.11; they hash build commands differently, so processes that find
+    different ninjas on PATH (a shell with the venv activated vs not; Ray workers inherit either) each see
+    the other's build as stale and recompile (about a minute of both cores, every time). One ninja for
+    every process ends that."""
+    import sys
+
+    folder = os.path.dirname(sys.executable)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if parts[0] != folder:
+        os.environ["PATH"] = os.pathsep.join([folder, *[p for p in parts if p != folder]])
+
+
 class MetricsLog:
     """`{run}/metrics.jsonl`, rewritten whole on each log so it works on object stores (no appends there)."""
 
@@ -189,12 +205,16 @@ def fit_with_progress(trainer, run_dir: str, total_steps: int) -> float:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def local_folder(uri: str, scratch: str) -> str:
-    """A local copy of a small folder (a tokenizer) that libraries insist on reading from disk."""
+def local_copy(uri: str, scratch: str) -> str:
+    """A local path for a file or flat folder (task files, a tokenizer) that libraries read from disk."""
     fs, path = storage.resolve(uri)
     if fs.type_name == "local":
         return path
-    target = Path(scratch, Path(path).name)
+    target = Path(scratch, "remote", Path(path).name)
+    if not storage.is_dir(uri):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(uri))
+        return str(target)
     target.mkdir(parents=True, exist_ok=True)
     for name in storage.list_dir(uri):
         (target / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
@@ -204,24 +224,31 @@ def local_folder(uri: str, scratch: str) -> str:
 def select_tasks(cfg, scratch: str):
     """The training tasks of a recipe and their descriptions: `(tasks, skipped, {task: [descriptions]})`.
 
-    `data.source=suite` writes the generated suite under `scratch` and trains on its training split;
-    held-out and excluded tasks are dropped; at most `data.descriptions_per_task` descriptions per task,
-    sampled with the run seed.
+    `data.source` is an SNI folder (path or URI), `suite` (the generated suite, written under `scratch`;
+    its held-out split is dropped unless `data.task_list` is given) or `lol:NAME[,NAME...]`. Held-out and
+    excluded tasks are dropped; at most `data.descriptions_per_task` descriptions per task, sampled with the
+    run seed. Remote descriptions, task lists and sources are copied under `scratch` first.
     """
     from t2l_ray.data.descriptions import descriptions_for, load_descriptions
+    from t2l_ray.data.lol import LOL_PREFIX, materialise_lol_source
     from t2l_ray.data.sni import load_sni
     from t2l_ray.data.suite import write_suite
 
-    descriptions = load_descriptions(cfg.data.descriptions) if cfg.data.descriptions else None
+    descriptions = load_descriptions(local_copy(cfg.data.descriptions, scratch)) if cfg.data.descriptions else None
     source = cfg.data.source
     excluded = list(cfg.data.exclude) + list(cfg.data.heldout_tasks)
-    if source == "suite":
+    if source.startswith(LOL_PREFIX):
+        source = str(materialise_lol_source(source, Path(scratch, "lol")))
+    elif source != "suite":
+        source = local_copy(source, scratch)
+    else:
         source = str(Path(scratch, "suite"))
         suite = write_suite(source, seed=cfg.data.suite_seed)
         descriptions = descriptions or suite.descriptions
         if not cfg.data.task_list:
             excluded += [t.name for t in suite.held_out]
-    tasks, skipped = load_sni(source, task_list=cfg.data.task_list or None, exclude=excluded or None)
+    task_list = local_copy(cfg.data.task_list, scratch) if cfg.data.task_list else None
+    tasks, skipped = load_sni(source, task_list=task_list, exclude=excluded or None)
     by_task = descriptions_for(tasks, descriptions)
     rng = random.Random(cfg.run.seed)
     by_task = {t: (d if len(d) <= cfg.data.descriptions_per_task else rng.sample(d, cfg.data.descriptions_per_task))
@@ -243,7 +270,7 @@ def prepare_tokenizer(cfg, tasks, run_dir: str, scratch: str) -> tuple[str, int]
         train_tokenizer(texts, local)
         for file in Path(local).iterdir():
             storage.write_bytes(storage.join(tokenizer_uri, file.name), file.read_bytes())
-    tokenizer_dir = local_folder(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
+    tokenizer_dir = local_copy(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
     return tokenizer_dir, len(load_tokenizer(tokenizer_dir))
 
 

@@ -21,23 +21,8 @@ import yaml
 
 from t2l_ray import storage
 from t2l_ray.config import to_dict
+from t2l_ray.train.common import local_copy, watch_progress
 from t2l_ray.train.config import TrainConfig
-
-
-def _local_copy(uri: str, scratch: str) -> str:
-    """A local path for a file or flat folder (task files, a tokenizer) that libraries read from disk."""
-    fs, path = storage.resolve(uri)
-    if fs.type_name == "local":
-        return path
-    target = Path(scratch, "remote", Path(path).name)
-    if not storage.is_dir(uri):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(uri))
-        return str(target)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in storage.list_dir(uri):
-        (target / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
-    return str(target)
 
 
 def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
@@ -50,12 +35,12 @@ def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
     from t2l_ray.data.tokenizer import load_tokenizer, train_tokenizer
     from t2l_ray.data.pipeline import cache_uri, embed_descriptions
 
-    descriptions = load_descriptions(_local_copy(cfg.data.descriptions, scratch)) if cfg.data.descriptions else None
+    descriptions = load_descriptions(local_copy(cfg.data.descriptions, scratch)) if cfg.data.descriptions else None
     source = cfg.data.source
     if source.startswith(LOL_PREFIX):
         source = str(materialise_lol_source(source, Path(scratch, "lol")))
     elif source != "suite":
-        source = _local_copy(source, scratch)
+        source = local_copy(source, scratch)
     else:
         source = str(Path(scratch, "suite"))
         suite = write_suite(source, seed=cfg.data.suite_seed)
@@ -63,7 +48,7 @@ def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
     excluded = list(cfg.data.exclude) + list(cfg.data.heldout_tasks)
     if cfg.data.source == "suite" and not cfg.data.task_list:
         excluded += [t.name for t in suite.held_out]
-    task_list = _local_copy(cfg.data.task_list, scratch) if cfg.data.task_list else None
+    task_list = local_copy(cfg.data.task_list, scratch) if cfg.data.task_list else None
     tasks, skipped = load_sni(source, task_list=task_list, exclude=excluded or None)
     by_task = descriptions_for(tasks, descriptions)
     rng = random.Random(cfg.run.seed)
@@ -78,7 +63,7 @@ def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
         train_tokenizer(texts, local)
         for file in Path(local).iterdir():
             storage.write_bytes(storage.join(tokenizer_uri, file.name), file.read_bytes())
-    tokenizer_dir = _local_copy(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
+    tokenizer_dir = local_copy(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
     tokenizer = load_tokenizer(tokenizer_dir)
 
     summary = summarize(tasks, skipped, by_task, tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
@@ -107,25 +92,6 @@ def _task_uris(cfg: TrainConfig, tasks, run_dir: str) -> list[str]:
     return [storage.join(cfg.data.source, Path(t.source_file).name) for t in tasks]
 
 
-def _watch_progress(run_dir: str, total: int, stop: threading.Event) -> None:
-    """Drive a progress bar from `metrics.jsonl` (the workers write it; the driver only reads)."""
-    from tqdm.auto import tqdm
-
-    uri = storage.join(run_dir, "metrics.jsonl")
-    with tqdm(total=total, desc="train", unit="step") as bar:
-        while not stop.wait(2.0):
-            try:
-                lines = storage.read_text(uri).splitlines()
-            except FileNotFoundError:
-                continue
-            if not lines:
-                continue
-            last = json.loads(lines[-1])
-            bar.n = last["step"]
-            bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", samples_s=f"{last['samples_per_s']:.1f}")
-            bar.refresh()
-
-
 def run_training(cfg: TrainConfig) -> str:
     """Train; returns the run folder URI."""
     import ray.train
@@ -138,6 +104,10 @@ def run_training(cfg: TrainConfig) -> str:
     from t2l_ray.train.loop import train_loop_per_worker
 
     cfg.check()
+    if cfg.objective == "reconstruction":
+        from t2l_ray.train.recon import run_reconstruction
+
+        return run_reconstruction(cfg)
     if cfg.objective != "sft":
         raise ValueError(f"objective {cfg.objective!r} is not handled by this driver")
     ensure_ray()
@@ -175,7 +145,7 @@ def run_training(cfg: TrainConfig) -> str:
             datasets={"train": dataset},
         )
         stop = threading.Event()
-        watcher = threading.Thread(target=_watch_progress, args=(run_dir, cfg.optim.max_steps, stop), daemon=True)
+        watcher = threading.Thread(target=watch_progress, args=(run_dir, cfg.optim.max_steps, stop), daemon=True)
         watcher.start()
         started = time.time()
         try:

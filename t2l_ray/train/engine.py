@@ -43,9 +43,13 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
 
 
 def set_cpu_accelerator_env(use_gpu: bool) -> None:
-    """DeepSpeed picks its accelerator at import; CPU workers must say so before that."""
+    """DeepSpeed picks its accelerator at import (CPU workers must say so before that) and JIT-builds ops
+    with the first `ninja` on PATH (every process must find the same one, see `pin_build_tools`)."""
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from t2l_ray.train.common import pin_build_tools
+
+    pin_build_tools()
 
 
 def build_engine(hypernet: torch.nn.Module, cfg: TrainConfig, world_size: int):

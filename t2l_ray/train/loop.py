@@ -9,8 +9,6 @@ checkpoint and skips the groups it had already consumed in that epoch.
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,26 +18,15 @@ import torch
 from t2l_ray import storage
 from t2l_ray.config import from_dict
 from t2l_ray.train.config import TrainConfig
+from t2l_ray.train.common import (
+    MetricsLog,
+    export_hypernet,
+    mean_across_workers,
+    record_worker,
+    restore_checkpoint,
+    save_and_report,
+)
 from t2l_ray.train.engine import set_cpu_accelerator_env
-
-DS_TAG = "ds"
-STATE_FILE = "trainer_state.json"
-
-
-class MetricsLog:
-    """`{run}/metrics.jsonl`, rewritten whole on each log so it works on object stores (no appends there)."""
-
-    def __init__(self, run_dir: str, resume_step: int):
-        self.uri = storage.join(run_dir, "metrics.jsonl")
-        self.rows: list[dict] = []
-        if storage.exists(self.uri):
-            rows = [json.loads(line) for line in storage.read_text(self.uri).splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["step"] <= resume_step]  # the loss curve continues, never restarts
-
-    def log(self, row: dict) -> None:
-        self.rows.append(row)
-        storage.write_text(self.uri, "".join(json.dumps(r) + "\n" for r in self.rows))
-
 
 class TensorBoard:
     """TensorBoard scalars under `{run}/tensorboard/`; written locally and copied up when the run is remote."""
@@ -65,26 +52,15 @@ class TensorBoard:
             storage.write_bytes(storage.join(self.remote, file.name), file.read_bytes())
 
 
-def _mean_across_workers(values: list[float]) -> list[float]:
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return tensor.tolist()
-
-
 def train_loop_per_worker(config: dict) -> None:
     cfg = from_dict(TrainConfig, config["train"])
     set_cpu_accelerator_env(cfg.run.use_gpu)
     import ray.train
     import ray.train.torch
 
-    from t2l_ray.checkpoint import save_checkpoint
     from t2l_ray.hypernet import TextToLoRA
     from t2l_ray.shapes import BaseShapes
-    from t2l_ray.train.engine import build_base_model, build_engine, full_state_dict
+    from t2l_ray.train.engine import build_base_model, build_engine
     from t2l_ray.train.objectives import sft_loss
 
     context = ray.train.get_context()
@@ -98,40 +74,23 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, scheduler = build_engine(hypernet, cfg, world)
     scale = cfg.hypernet.scale
 
-    state = {"step": 0, "epoch": 0, "position": 0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            engine.load_checkpoint(folder, tag=DS_TAG)
-            state = json.loads(Path(folder, STATE_FILE).read_text())
-            rng = Path(folder, f"rng_rank{rank}.pt")
-            if rng.exists():
-                torch.set_rng_state(torch.load(rng))
-    else:
-        torch.manual_seed(cfg.run.seed + 1000 * rank)  # per-worker noise (NEFTune, dropout)
+    resuming = ray.train.get_checkpoint() is not None
+    state = restore_checkpoint(engine, rank, {"step": 0, "epoch": 0, "position": 0}, cfg.run.seed)
     metrics = MetricsLog(run_dir, state["step"]) if rank == 0 else None
     board = TensorBoard(run_dir) if rank == 0 else None
-    resumed_from = state["step"] if checkpoint else None
-    # Where each worker runs, so operators (and the fault-injection test) can find its process.
-    storage.write_text(storage.join(run_dir, "_workers", f"rank{rank}.pid"), str(os.getpid()))
+    resumed_from = state["step"] if resuming else None
+    record_worker(run_dir, rank)  # operators (and the fault-injection test) find each worker's process
 
     shard = ray.train.get_dataset_shard("train")
     window = {"loss": [], "lm_loss": [], "tokens": 0, "samples": 0, "start": time.perf_counter()}
 
     def save(final: bool) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            engine.save_checkpoint(folder, tag=DS_TAG)
-            torch.save(torch.get_rng_state(), Path(folder, f"rng_rank{rank}.pt"))
-            Path(folder, STATE_FILE).write_text(json.dumps(state))
-            weights = full_state_dict(engine)
-            if rank == 0:
-                export = TextToLoRA(cfg.hypernet, hypernet.shapes, hypernet.encoder_dim)
-                export.load_state_dict(weights)
-                save_checkpoint(export, config["encoder"], storage.join(run_dir, "hypernet"),
-                                extra={"step": state["step"], "objective": cfg.objective})
+        def export() -> None:
+            export_hypernet(engine, cfg, hypernet, config["encoder"], run_dir, rank, state["step"])
+            if board:
                 board.sync()
-            ray.train.report({"step": state["step"], "final": final},
-                             checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+        save_and_report(engine, state, rank, final=final, before_report=export)
 
     while state["step"] < cfg.optim.max_steps:
         skip, seen = state["position"], 0
@@ -160,7 +119,7 @@ def train_loop_per_worker(config: dict) -> None:
             step = state["step"]
             if step == 1 or step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
                 elapsed = time.perf_counter() - window["start"]
-                loss_mean, lm_mean, tokens, samples = _mean_across_workers([
+                loss_mean, lm_mean, tokens, samples = mean_across_workers([
                     sum(window["loss"]) / len(window["loss"]), sum(window["lm_loss"]) / len(window["lm_loss"]),
                     window["tokens"], window["samples"]])
                 grad_norm = engine.get_global_grad_norm()

@@ -1,0 +1,448 @@
+"""LoRA baselines through the same DeepSpeed engine: task-specific ("oracle") LoRAs and one multi-task LoRA.
+
+`t2l-ray train-lora` reads the same recipe as `t2l-ray train` (base model, data, DeepSpeed, LoRA shape from
+`hypernet.rank/lora_alpha/use_rslora/target_modules`) plus the `baseline` section below, and writes
+
+    {out}/oracle/{task}/      one LoRA per training task   (mode oracle)
+    {out}/multitask/          one LoRA over all of them    (mode multitask)
+    {out}/logs/oracle/{task}.jsonl, {out}/logs/multitask.jsonl   loss curves (step, loss, lr)
+    {out}/summary.json        per adapter: steps, first and last logged loss, seconds
+    {out}/tokenizer/          when `model.tokenizer=train` (the same deterministic BPE `train` would build)
+
+`{out}/oracle/` is exactly the library `reconstruction.library` reads.
+
+LoRAs are PEFT LoRAs (`get_peft_model`) trained in the parameterisation the hypernet generates (T2L: r=8,
+alpha=2r=16, rsLoRA, q_proj/v_proj), on T2L's objective without the hypernet (response-only loss, label
+smoothing, NEFTune from `optim`). They are written with `adapters.render_adapter`, so they pass the adapter
+contract: the PEFT scale folded into B in float32, `lora_alpha = r`, `use_rslora: false`, keys without the
+adapter name, and `t2l_meta.json` (with the task's training descriptions, which reconstruction reads).
+
+Parallelism. Oracle LoRAs fan out as Ray tasks: each task trains `baseline.tasks_per_job` LoRAs one after
+another in one single-process DeepSpeed engine (one process group per process, `engine.destroy()` between
+engines), in a fresh worker process (`max_calls=1`: DeepSpeed cannot re-initialise after its process group
+is destroyed). Ray runs as many at once as `baseline.cpus_per_job` (and one GPU each with `run.use_gpu`)
+allow. Finished adapters are skipped when a job is retried or the command is re-run. The multi-task LoRA
+is a Ray Train run over `run.num_workers` workers (DeepSpeed ZeRO across them), each sampling its own
+examples (seeded by rank and step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from t2l_ray import adapters, storage
+from t2l_ray.config import doc, from_dict, to_dict
+from t2l_ray.hypernet import LoraWeights
+from t2l_ray.shapes import BaseShapes
+from t2l_ray.train.config import TrainConfig
+
+Mode = Literal["oracle", "multitask", "both"]
+LIVE_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)\.[\w-]+\.weight$")
+
+
+@dataclass
+class BaselineConfig:
+    """`t2l-ray train-lora`: how the oracle and multi-task LoRAs are trained."""
+
+    mode: Mode = doc("oracle: one LoRA per training task; multitask: one over all of them; both.", "oracle")
+    output_dir: str = doc("Where the LoRAs go (path or URI); empty = {run.output_dir}/baselines.", "")
+    lr: float = doc("Peak learning rate of a LoRA (warmup, then linear decay).", 1e-4)
+    max_steps: int = doc("Optimizer steps per LoRA (oracle: each task's; multitask: the one LoRA's).", 200)
+    multitask_steps: int = doc("Optimizer steps of the multi-task LoRA; 0 = max_steps.", 0)
+    warmup_steps: int = doc("Linear warmup steps.", 10)
+    batch_size: int = doc("Examples per micro-batch (per worker for the multi-task run).", 8)
+    max_examples_per_task: int = doc("Use at most this many examples of a task (sampled with the seed); 0 = all.", 0)
+    tasks_per_job: int = doc("Oracle LoRAs trained one after another in one Ray task (one process).", 8)
+    cpus_per_job: float = doc("CPUs each oracle Ray task asks for (GPU runs also take one GPU each).", 1.0)
+    max_retries: int = doc("Retries of an oracle Ray task whose worker died (finished adapters are kept).", 2)
+    log_every: int = doc("Log the loss every N steps.", 10)
+    dtype: Literal["bfloat16", "float32"] = doc("Tensor dtype of the written adapters.", "bfloat16")
+    seed: int = doc("Seed of the LoRA inits and the example sampling.", 0)
+
+
+@dataclass
+class BaselineRecipe(TrainConfig):
+    """A training recipe plus the `baseline` section (`t2l-ray train-lora` reads recipes with this class)."""
+
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+
+def lora_engine_config(cfg: BaselineRecipe, steps: int) -> BaselineRecipe:
+    """The recipe as the engine sees it for one LoRA: the baseline's lr, steps, warmup and batch size."""
+    b = cfg.baseline
+    optim = dataclasses.replace(cfg.optim, lr=b.lr, max_steps=steps, warmup_steps=min(b.warmup_steps, steps))
+    return dataclasses.replace(cfg, optim=optim, data=dataclasses.replace(cfg.data, tasks_per_batch=b.batch_size))
+
+
+def peft_lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    h = cfg.hypernet
+    return LoraConfig(r=h.rank, lora_alpha=h.lora_alpha, use_rslora=h.use_rslora, target_modules=list(h.target_modules),
+                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+
+
+# ---------------------------------------------------------------------------------------------- examples
+
+
+class Examples:
+    """Tokenized examples of one task (or many) and seeded sampling of batches from them."""
+
+    def __init__(self, rows: list[dict], tokenizer, max_prompt_tokens: int, max_response_tokens: int):
+        from t2l_ray.data.prompts import tokenize_batch
+
+        if not rows:
+            raise ValueError("no examples to train on")
+        tokens = tokenize_batch({k: [r[k] for r in rows] for k in ("definition", "input", "outputs")},
+                                tokenizer, max_prompt_tokens, max_response_tokens)
+        self.input_ids = torch.from_numpy(tokens["input_ids"])
+        self.labels = torch.from_numpy(tokens["labels"])
+        self.attention_mask = torch.from_numpy(tokens["attention_mask"])
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def batch(self, rng: random.Random, size: int, device) -> dict[str, torch.Tensor]:
+        """`size` examples (distinct while there are enough), trimmed to the longest of them."""
+        rows = rng.sample(range(len(self)), size) if size <= len(self) else [rng.randrange(len(self)) for _ in range(size)]
+        index = torch.tensor(rows)
+        mask = self.attention_mask[index]
+        width = int(mask.sum(1).max())
+        return {"input_ids": self.input_ids[index, :width].to(device), "labels": self.labels[index, :width].to(device),
+                "attention_mask": mask[:, :width].to(device)}
+
+
+def task_rows(task, limit: int = 0, seed: int = 0) -> list[dict]:
+    """The columns `prompts.tokenize_batch` reads, for one SNI task (plain data, cheap to ship to workers);
+    at most `limit` of them (0 = all), sampled with `seed`."""
+    from t2l_ray.data.sni import instance_rows
+
+    rows = [{k: r[k] for k in ("task", "definition", "input", "outputs")} for r in instance_rows([task])]
+    if 0 < limit < len(rows):
+        rows = random.Random(f"{seed}:{task.name}").sample(rows, limit)
+    return rows
+
+
+def local_tokenizer(source: str, scratch: str):
+    """A tokenizer from a storage folder (copied locally first) or a hub name/local path."""
+    from t2l_ray.data.tokenizer import load_tokenizer
+    from t2l_ray.train.common import local_copy
+
+    if storage.exists(storage.join(source, "tokenizer_config.json")):
+        return load_tokenizer(local_copy(source, scratch))
+    return load_tokenizer(source)
+
+
+# ---------------------------------------------------------------------------------------------- one LoRA
+
+
+def lora_weights(engine, shapes: BaseShapes, modules: list[str]) -> LoraWeights:
+    """The engine's LoRA as `LoraWeights` of one sample: module -> (A [1, layers, r, in], B [1, layers, out, r]),
+    unscaled (PEFT's scale is applied by the writer). Gathers ZeRO-3 partitions (all ranks must call it)."""
+    import deepspeed
+
+    named = [(n, p) for n, p in engine.module.named_parameters() if ".lora_" in n]
+    if engine.zero_optimization_stage() == 3:
+        with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):
+            values = {n: p.detach().float().cpu().clone() for n, p in named}
+    else:
+        values = {n: p.detach().float().cpu().clone() for n, p in named}
+    found = {}
+    for name, value in values.items():
+        match = LIVE_KEY.search(name)
+        if match:
+            found[(match.group(2), int(match.group(1)), match.group(3))] = value
+    out = {}
+    for module in modules:
+        layers = range(shapes.num_layers)
+        a = torch.stack([found[(module, layer, "A")] for layer in layers])
+        b = torch.stack([found[(module, layer, "B")] for layer in layers])
+        out[module] = (a[None], b[None])
+    return out
+
+
+def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, seed_key: str, world: int, rank: int,
+               log=None):
+    """Train one PEFT LoRA on `base` in a DeepSpeed engine; returns (engine, history). The caller extracts the
+    weights (`lora_weights`), then calls `engine.destroy()` and `engine.module.unload()` to get `base` back."""
+    from peft import get_peft_model
+
+    from t2l_ray.train.common import mean_across_workers
+    from t2l_ray.train.engine import build_engine
+    from t2l_ray.train.objectives import neftune, response_loss
+
+    b = cfg.baseline
+    torch.manual_seed(_seed(b.seed, seed_key))  # the same LoRA init on every rank
+    model = get_peft_model(base, peft_lora_config(cfg))
+    engine_cfg = lora_engine_config(cfg, steps)
+    engine, _, scheduler = build_engine(model, engine_cfg, world)
+    torch.manual_seed(_seed(b.seed, f"{seed_key}:noise:{rank}"))
+    device = next(p for p in engine.module.parameters() if p.requires_grad).device
+    history, losses, started = [], [], time.perf_counter()
+    for step in range(steps):
+        for micro in range(cfg.optim.grad_accum):
+            batch = examples.batch(random.Random(f"{b.seed}:{seed_key}:{rank}:{step}:{micro}"), b.batch_size, device)
+            engine.train()
+            embeddings = engine.module.get_input_embeddings()(batch["input_ids"])
+            embeddings = neftune(embeddings, batch["attention_mask"], cfg.optim.neftune_alpha)
+            logits = engine(inputs_embeds=embeddings, attention_mask=batch["attention_mask"]).logits
+            loss = response_loss(logits, batch["labels"], cfg.optim.label_smoothing)
+            engine.backward(loss)
+            engine.step()
+            losses.append(float(loss.detach()))
+        done = step + 1
+        if done == 1 or done % b.log_every == 0 or done == steps:
+            (mean,) = mean_across_workers([sum(losses) / len(losses)])
+            row = {"step": done, "loss": mean, "lr": float(scheduler.get_last_lr()[0]),
+                   "seconds": time.perf_counter() - started}
+            history.append(row)
+            if log is not None:
+                log(row)
+            losses = []
+    return engine, history
+
+
+def render_lora(cfg: TrainConfig, weights: LoraWeights, shapes: BaseShapes, *, adapter_id: str, description: str,
+                extra_meta: dict, dtype: str) -> adapters.AdapterFiles:
+    """The adapter folder of a trained LoRA, in the contract (scale folded into B, lora_alpha = r)."""
+    return adapters.render_adapter(
+        weights, 0, shapes=shapes, rank=cfg.hypernet.rank, scale=cfg.hypernet.scale, description=description,
+        checkpoint_sha256="", encoder="", adapter_id=adapter_id, dtype=dtype,
+        extra_meta={"lora_alpha_trained": cfg.hypernet.lora_alpha, "use_rslora_trained": cfg.hypernet.use_rslora,
+                    **extra_meta},
+    )
+
+
+def _seed(seed: int, key: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
+
+
+# ---------------------------------------------------------------------------------------------- oracle jobs
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def oracle_job(config: dict, jobs: list[dict]) -> list[dict]:
+    """One Ray task: trains the LoRAs of `jobs` one after another in a single-process DeepSpeed engine."""
+    cfg = from_dict(BaselineRecipe, config["recipe"])
+    from t2l_ray.train.common import pin_build_tools
+    from t2l_ray.train.engine import set_cpu_accelerator_env
+
+    set_cpu_accelerator_env(cfg.run.use_gpu)
+    pin_build_tools()
+    import deepspeed
+    import torch.distributed as dist
+
+    from t2l_ray.train.engine import build_base_model
+
+    torch.set_num_threads(max(1, int(cfg.baseline.cpus_per_job)))
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(_free_port())}.items():
+        os.environ[key] = value
+    deepspeed.init_distributed(dist_backend=cfg.run.backend, auto_mpi_discovery=False)
+    device = torch.device("cuda", 0) if cfg.run.use_gpu else torch.device("cpu")
+    shapes = BaseShapes.from_dict(config["shapes"])
+    out, results, base = config["out"], [], None
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = local_tokenizer(config["tokenizer"], scratch)
+        for job in jobs:
+            target = storage.join(out, "oracle", job["task"])
+            if adapters.is_complete(target):
+                results.append({"task": job["task"], "uri": target, "skipped": True})
+                continue
+            started = time.time()
+            examples = Examples(job["rows"], tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+            if base is None:
+                base = build_base_model(cfg, device)
+            steps = cfg.baseline.max_steps
+            engine, history = train_lora(cfg, base, examples, steps=steps, seed_key=f"oracle:{job['task']}", world=1, rank=0)
+            weights = lora_weights(engine, shapes, list(cfg.hypernet.target_modules))
+            stage3 = engine.zero_optimization_stage() == 3
+            engine.destroy()
+            base = None if stage3 else engine.module.unload()  # ZeRO-3 partitioned the base: build it afresh
+            del engine
+            _write_log(storage.join(out, "logs", "oracle", f"{job['task']}.jsonl"), history)
+            adapters.write_adapter(target, render_lora(
+                cfg, weights, shapes, adapter_id=job["task"], description=job["descriptions"][0],
+                dtype=cfg.baseline.dtype,
+                extra_meta={"kind": "oracle", "task": job["task"], "descriptions": job["descriptions"],
+                            "examples": len(examples), "steps": steps, "first_loss": history[0]["loss"],
+                            "final_loss": history[-1]["loss"]},
+            ))
+            results.append({"task": job["task"], "uri": target, "steps": steps, "first_loss": history[0]["loss"],
+                            "final_loss": history[-1]["loss"], "seconds": time.time() - started})
+    dist.destroy_process_group()
+    return results
+
+
+def _write_log(uri: str, rows: list[dict]) -> None:
+    storage.write_text(uri, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def run_oracle(cfg: BaselineRecipe, out: str, tasks, descriptions: dict[str, list[str]], shapes: BaseShapes,
+               tokenizer: str) -> dict[str, dict]:
+    """Fan the oracle LoRAs out over Ray tasks; returns task -> result as each job finishes."""
+    import ray
+
+    b = cfg.baseline
+    todo, done = [], {}
+    for task in tasks:
+        target = storage.join(out, "oracle", task.name)
+        if adapters.is_complete(target):
+            done[task.name] = {"task": task.name, "uri": target, "skipped": True}
+        else:
+            todo.append(task)
+    if done:
+        print(f"oracle: {len(done)} of {len(tasks)} LoRAs already written, skipped")
+    config = {"recipe": to_dict(cfg), "out": out, "shapes": shapes.to_dict(), "tokenizer": tokenizer}
+    config_ref = ray.put(config)
+    remote = ray.remote(
+        num_cpus=b.cpus_per_job, num_gpus=1 if cfg.run.use_gpu else 0, max_calls=1, max_retries=b.max_retries,
+    )(oracle_job).options(name="t2l-oracle-lora")
+    chunks = [todo[i:i + b.tasks_per_job] for i in range(0, len(todo), b.tasks_per_job)]
+    pending = [remote.remote(config_ref, [{"task": t.name, "rows": task_rows(t, b.max_examples_per_task, b.seed),
+                                            "descriptions": descriptions[t.name]}
+                                          for t in chunk]) for chunk in chunks]
+    if pending:
+        print(f"oracle: {len(todo)} LoRAs in {len(pending)} Ray tasks of up to {b.tasks_per_job}")
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for result in ray.get(ready[0]):
+            done[result["task"]] = result
+            if not result.get("skipped"):
+                print(f"oracle {len(done)}/{len(tasks)}: {result['task']} loss {result['first_loss']:.3f} -> "
+                      f"{result['final_loss']:.3f} ({result['seconds']:.0f}s)")
+    return done
+
+
+# ---------------------------------------------------------------------------------------------- multitask
+
+
+def multitask_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: one LoRA over every training task's examples, DeepSpeed across the workers."""
+    import ray
+
+    cfg = from_dict(BaselineRecipe, config["recipe"])
+    from t2l_ray.train.common import pin_build_tools
+    from t2l_ray.train.engine import set_cpu_accelerator_env
+
+    set_cpu_accelerator_env(cfg.run.use_gpu)
+    pin_build_tools()
+    import ray.train
+    import ray.train.torch
+
+    from t2l_ray.train.engine import build_base_model
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    shapes = BaseShapes.from_dict(config["shapes"])
+    out = config["out"]
+    rows = ray.get(config["rows"])
+    steps = cfg.baseline.multitask_steps or cfg.baseline.max_steps
+    log = None
+    if rank == 0:
+        log_uri, logged = storage.join(out, "logs", "multitask.jsonl"), []
+
+        def log(row):
+            logged.append(row)
+            _write_log(log_uri, logged)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = local_tokenizer(config["tokenizer"], scratch)
+        examples = Examples(rows[rank::world], tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
+    base = build_base_model(cfg, device)
+    engine, history = train_lora(cfg, base, examples, steps=steps, seed_key="multitask", world=world, rank=rank, log=log)
+    weights = lora_weights(engine, shapes, list(cfg.hypernet.target_modules))
+    if rank == 0:
+        tasks = sorted({r["task"] for r in rows})
+        adapters.write_adapter(storage.join(out, "multitask"), render_lora(
+            cfg, weights, shapes, adapter_id="multitask", description=config["description"], dtype=cfg.baseline.dtype,
+            extra_meta={"kind": "multitask", "tasks": tasks, "examples": len(rows), "steps": steps,
+                        "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"]},
+        ))
+    ray.train.report({"step": steps, "loss": history[-1]["loss"]})
+    engine.destroy()
+
+
+def run_multitask(cfg: BaselineRecipe, out: str, tasks, shapes: BaseShapes, tokenizer: str) -> dict:
+    import ray
+
+    from t2l_ray.train.common import make_trainer
+
+    b = cfg.baseline
+    rows = [row for task in tasks for row in task_rows(task, b.max_examples_per_task, b.seed)]
+    steps = b.multitask_steps or b.max_steps
+    print(f"multitask: one LoRA over {len(tasks)} tasks ({len(rows)} examples), {steps} steps on {cfg.run.num_workers} workers")
+    started = time.time()
+    run = storage.join(out, "_ray", f"multitask-{time.strftime('%Y%m%d-%H%M%S')}")  # fresh: never resumes old runs
+    trainer = make_trainer(cfg, multitask_loop_per_worker, {
+        "recipe": to_dict(cfg), "out": out, "shapes": shapes.to_dict(), "tokenizer": tokenizer, "rows": ray.put(rows),
+        "description": f"Multi-task LoRA over {len(tasks)} training tasks.",
+    }, run)
+    trainer.fit()
+    meta = json.loads(storage.read_text(storage.join(out, "multitask", adapters.META_FILE)))
+    print(f"multitask: loss {meta['first_loss']:.3f} -> {meta['final_loss']:.3f} ({time.time() - started:.0f}s)")
+    return {"task": "multitask", "uri": storage.join(out, "multitask"), "steps": steps, "first_loss": meta["first_loss"],
+            "final_loss": meta["final_loss"], "seconds": time.time() - started}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def default_output_dir(cfg: BaselineRecipe) -> str:
+    return cfg.baseline.output_dir or storage.join(cfg.run.output_dir, "baselines")
+
+
+def run_baselines(cfg: BaselineRecipe) -> str:
+    """Train the baselines of `baseline.mode`; returns the output folder URI."""
+    from t2l_ray.raycluster import ensure_ray
+    from t2l_ray.train.common import hypernet_shapes, prepare_tokenizer, select_tasks
+
+    cfg.check()
+    b = cfg.baseline
+    if b.max_steps < 1 or b.batch_size < 1 or b.tasks_per_job < 1:
+        raise ValueError("baseline.max_steps, baseline.batch_size and baseline.tasks_per_job must be at least 1")
+    ensure_ray()
+    out = default_output_dir(cfg)
+    storage.makedirs(out)
+    summary_uri = storage.join(out, "summary.json")
+    summary = json.loads(storage.read_text(summary_uri)) if storage.exists(summary_uri) else {}
+    with tempfile.TemporaryDirectory() as scratch:
+        tasks, skipped, descriptions = select_tasks(cfg, scratch)
+        tokenizer_dir, vocab_size = prepare_tokenizer(cfg, tasks, out, scratch)
+        tokenizer = storage.join(out, "tokenizer") if cfg.model.tokenizer == "train" else tokenizer_dir
+        if cfg.model.tokenizer == "train" and cfg.model.init == "random":
+            cfg.model.config_overrides = {**cfg.model.config_overrides, "vocab_size": vocab_size}
+        shapes = hypernet_shapes(cfg)
+        print(f"data: {len(tasks)} tasks, {sum(len(t.instances) for t in tasks)} instances, {len(skipped)} skipped; "
+              f"LoRA r={cfg.hypernet.rank} alpha={cfg.hypernet.lora_alpha} rslora={cfg.hypernet.use_rslora} on "
+              f"{', '.join(cfg.hypernet.target_modules)} (scale {cfg.hypernet.scale:.3f} folded into B)")
+        if b.mode in ("oracle", "both"):
+            summary["oracle"] = {**summary.get("oracle", {}), **{
+                task: result for task, result in run_oracle(cfg, out, tasks, descriptions, shapes, tokenizer).items()
+                if not result.get("skipped")}}
+            storage.write_text(summary_uri, json.dumps(summary, indent=2))
+        if b.mode in ("multitask", "both"):
+            summary["multitask"] = run_multitask(cfg, out, tasks, shapes, tokenizer)
+            storage.write_text(summary_uri, json.dumps(summary, indent=2))
+    return out
+
+
+__all__ = ["BaselineConfig", "BaselineRecipe", "run_baselines", "oracle_job", "multitask_loop_per_worker"]
