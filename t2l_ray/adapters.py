@@ -140,6 +140,27 @@ def is_complete(uri: str) -> bool:
     return storage.exists(storage.join(uri, CONFIG_FILE))
 
 
+SAME_ADAPTER = "exists"
+
+
+def existing_adapter(folder: str, description: str, checkpoint_sha256: str) -> str | None:
+    """What a folder already holds: None (no complete adapter), SAME_ADAPTER (this description from this
+    checkpoint, so nothing to do), or the reason it holds another adapter (which must never be overwritten)."""
+    if not is_complete(folder):
+        return None
+    try:
+        meta = json.loads(storage.read_bytes(storage.join(folder, META_FILE)))
+    except (FileNotFoundError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        return f"{folder} holds an adapter without a readable {META_FILE}"
+    if meta.get("description") != description:
+        return f"{folder} already holds an adapter for a different description"
+    if meta.get("checkpoint_sha256") != checkpoint_sha256:
+        return f"{folder} already holds an adapter from another checkpoint (sha256 {meta.get('checkpoint_sha256')})"
+    return SAME_ADAPTER
+
+
 # ---------------------------------------------------------------------------------------------- validation
 
 

@@ -178,22 +178,13 @@ def _weights_digest(folder: str, known: dict[str, tuple[int, str]], adapter_id: 
 def existing_row(request: Request, adapter_id: str, folder: str, checkpoint_sha: str,
                  known: dict[str, tuple[int, str]]) -> dict | None:
     """The manifest row for an adapter already in `out` (skipped, or failed when it is another one); None to make it."""
-    if not adapters.is_complete(folder):
+    state = adapters.existing_adapter(folder, request.description, checkpoint_sha)
+    if state is None:
         return None
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(folder, adapters.META_FILE)))
-    except (FileNotFoundError, json.JSONDecodeError):
-        meta = None
-    if not isinstance(meta, dict):
-        error = f"{folder} holds an adapter without a readable {adapters.META_FILE}"
-    elif meta.get("description") != request.description:
-        error = f"{folder} already holds an adapter for a different description"
-    elif meta.get("checkpoint_sha256") != checkpoint_sha:
-        error = f"{folder} already holds an adapter from another checkpoint (sha256 {meta.get('checkpoint_sha256')})"
-    else:
+    if state == adapters.SAME_ADAPTER:
         size, sha = _weights_digest(folder, known, adapter_id)
         return manifest.manifest_row(request.line, "skipped", id=adapter_id, uri=folder, bytes=size, sha256=sha)
-    return manifest.manifest_row(request.line, "failed", id=adapter_id, uri=folder, error=f"{request.source}: {error}")
+    return manifest.manifest_row(request.line, "failed", id=adapter_id, uri=folder, error=f"{request.source}: {state}")
 
 
 def _known_weights(out: str) -> dict[str, tuple[int, str]]:

@@ -352,23 +352,6 @@ class KeyedLocks:
                     self._locks.pop(key, None)
 
 
-def existing_state(folder: str, description: str, checkpoint_sha: str) -> str | None:
-    """None: nothing complete there; "exists": the same adapter; else why the folder is another adapter."""
-    if not adapters.is_complete(folder):
-        return None
-    try:
-        meta = json.loads(storage.read_bytes(storage.join(folder, adapters.META_FILE)))
-    except (FileNotFoundError, json.JSONDecodeError):
-        meta = None
-    if not isinstance(meta, dict):
-        return f"{folder} holds an adapter without a readable {adapters.META_FILE}"
-    if meta.get("description") != description:
-        return f"{folder} already holds an adapter for a different description"
-    if meta.get("checkpoint_sha256") != checkpoint_sha:
-        return f"{folder} already holds an adapter from another checkpoint (sha256 {meta.get('checkpoint_sha256')})"
-    return "exists"
-
-
 def _device() -> str:
     """cuda when Ray gave this replica a GPU (num_gpus, from the config or a Serve config override)."""
     import ray
@@ -673,14 +656,14 @@ class AdapterService:
         folders = {job.adapter_id: storage.join(self.out, job.adapter_id) for job in unique}
         async with self._locks.hold(list(folders)):
             states = await asyncio.gather(*(
-                asyncio.to_thread(existing_state, folders[job.adapter_id], job.description, sha) for job in unique
+                asyncio.to_thread(adapters.existing_adapter, folders[job.adapter_id], job.description, sha) for job in unique
             ))
-            conflicts = [(job, state) for job, state in zip(unique, states) if state not in (None, "exists")]
+            conflicts = [(job, state) for job, state in zip(unique, states) if state not in (None, adapters.SAME_ADAPTER)]
             if conflicts:
                 detail = "; ".join(f"id {job.adapter_id!r}: {state}" for job, state in conflicts)
                 raise ApiError(409, f"conflict: {detail}")
             for job, state in zip(unique, states):
-                if state == "exists":
+                if state == adapters.SAME_ADAPTER:
                     results[job.adapter_id] = AdapterResult(id=job.adapter_id, status="exists", uri=folders[job.adapter_id],
                                                             description=job.description)
             todo = [job for job, state in zip(unique, states) if state is None]
