@@ -49,3 +49,26 @@ def test_every_recipe_in_jobs_loads():
 def test_describe_lists_nested_fields_with_docs():
     rows = {key: text for key, _, text in describe(Outer)}
     assert rows["inner.lr"] == "learning rate" and "steps" in rows
+
+
+@pytest.mark.parametrize("override,reason", [
+    ("deepspeed.offload_optimizer=true", "offload_optimizer"),
+    ("run.backend=nccl", "nccl needs GPU workers"),
+    ("deepspeed.zero_stage=4", "zero_stage must be 0-3"),
+])
+def test_settings_cpu_workers_cannot_run_are_refused_with_the_reason(override, reason):
+    config = load_config(TrainConfig, None, [override])
+    with pytest.raises(ValueError, match=reason):
+        config.check()
+
+
+def test_the_cli_reports_a_refused_setting_without_starting_ray():
+    from typer.testing import CliRunner
+
+    from t2l_ray.cli import app
+
+    from pathlib import Path
+
+    recipe = str(Path(__file__).parent.parent / "jobs" / "demo_cpu.yaml")
+    result = CliRunner().invoke(app, ["train", "--config", recipe, "--set", "deepspeed.offload_optimizer=true"])
+    assert result.exit_code == 2 and "offload_optimizer" in result.output
