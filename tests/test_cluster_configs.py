@@ -28,6 +28,7 @@ DOCKERFILE = ROOT / "cluster" / "Dockerfile"
 SPECS = sorted((ROOT / "jobs" / "specs").glob("*.yaml"))
 RUNTIME_ENVS = sorted((ROOT / "jobs").glob("runtime_env*.yaml"))
 DESCRIPTIONS = ROOT / "jobs" / "examples" / "descriptions.jsonl"
+GUIDE = ROOT / "docs" / "cluster.md"
 BUCKET = "t2l-ray-artifacts"
 ADAPTER_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
 STEERING = {"train_gpu", "gen_gpu", "serve_gpu"}
@@ -94,6 +95,27 @@ def comment_commands(path: Path) -> list[str]:
     return commands
 
 
+def markdown_commands(path: Path) -> list[str]:
+    """Command lines in a Markdown file's fenced code blocks; a trailing backslash continues, ` #` starts a comment."""
+    commands, pending, fenced = [], None, False
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            fenced, pending = not fenced, None
+            continue
+        if not fenced:
+            continue
+        text = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if pending is not None:
+            text = f"{pending} {text}"
+        if text.endswith("\\"):
+            pending = text[:-1].strip()
+            continue
+        pending = None
+        if text:
+            commands.append(text)
+    return commands
+
+
 def t2l_commands_in(text: str) -> list[str]:
     """`t2l-ray ...` at the start of a command line or after ` -- ` (an entrypoint of `ray job submit`)."""
     found = []
@@ -114,6 +136,8 @@ def collect_t2l_commands() -> list[tuple[str, str]]:
     for path in files:
         for line in comment_commands(path):
             out += [(f"{rel(path)} header", cmd) for cmd in t2l_commands_in(line)]
+    for line in markdown_commands(GUIDE):
+        out += [(f"{rel(GUIDE)} code block", cmd) for cmd in t2l_commands_in(line)]
     for path, doc in kuberay_docs():
         if doc.get("kind") == "RayJob":
             out.append((f"{rel(path)} spec.entrypoint", doc["spec"]["entrypoint"]))
@@ -170,6 +194,11 @@ def resolve(cli, words: list[str]):
     if is_group(command):
         pytest.fail(f"`{' '.join(path)}` is a group; name one of its commands: {sorted(command.commands)}")
     return command, path, words[i:]
+
+
+def test_guide_commands_are_collected():
+    found = {cmd.split()[1] for where, cmd in T2L_COMMANDS if where.startswith("docs/")}
+    assert {"train", "batch-generate", "data"} <= found, found
 
 
 def test_configs_name_t2l_commands():
