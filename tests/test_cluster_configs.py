@@ -533,6 +533,17 @@ def test_rayservice_deploys_the_serve_app():
     assert set(app["args"]) == {"checkpoint", "out"}
 
 
+def test_rayservice_replicas_ask_for_a_gpu_the_cluster_advertises():
+    (doc,) = [doc for _, doc in kuberay_docs() if doc.get("kind") == "RayService"]
+    (app,) = yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]
+    (deployment,) = [d for d in app.get("deployments", []) if d["name"] == "AdapterService"]
+    options = deployment["ray_actor_options"]
+    assert options["num_gpus"] >= 1
+    advertised = " ".join(g["rayStartParams"].get("resources", "") for g in doc["spec"]["rayClusterConfig"]["workerGroupSpecs"])
+    for resource in options.get("resources", {}):
+        assert resource in advertised, f"no worker group advertises {resource}"
+
+
 def test_serve_app_builder_exists():
     import importlib
 
