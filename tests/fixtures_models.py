@@ -2,7 +2,15 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+)
+
+from t2l_ray.shapes import BaseShapes, ModuleShape
 
 COMMON = dict(
     vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -34,3 +42,20 @@ def minilm():
     from t2l_ray.encoders import load_encoder
 
     return load_encoder()
+
+
+TINY_SHAPES = BaseShapes("tiny-llama", "llama", 2, (ModuleShape("q_proj", 64, 64), ModuleShape("v_proj", 64, 32)))
+
+
+def tiny_checkpoint(uri: str, seed: int = 0) -> str:
+    """A tiny T2L-M checkpoint (offline MiniLM encoder) whose heads are perturbed, so adapters differ by
+    description (an untrained hypernet gives B = 0 for every description)."""
+    from t2l_ray import checkpoint
+    from t2l_ray.hypernet import HypernetConfig, TextToLoRA
+
+    torch.manual_seed(seed)
+    model = TextToLoRA(HypernetConfig(variant="M", rank=4, lora_alpha=8.0, latent=32, head_in=64), TINY_SHAPES, 384)
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(0, 0.02)
+    return checkpoint.save_checkpoint(model, "all-minilm-l6-v2", uri)

@@ -11,28 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_models import tiny_checkpoint as make_checkpoint
 from typer.testing import CliRunner
 
 from t2l_ray import adapters, checkpoint, manifest, storage
 from t2l_ray.cli import app
 from t2l_ray.factory import FactoryConfig, input_files, parse_line, plan_run
 from t2l_ray.generator import Generator, content_id, render_embeddings
-from t2l_ray.hypernet import HypernetConfig, TextToLoRA
-from t2l_ray.shapes import BaseShapes, ModuleShape
 
 runner = CliRunner()
-SHAPES = BaseShapes("tiny-llama", "llama", 2, (ModuleShape("q_proj", 64, 64), ModuleShape("v_proj", 64, 32)))
 GOOD = 200
 
 
-def make_checkpoint(uri: str, seed: int = 0) -> str:
-    """A tiny checkpoint whose heads are perturbed, so adapters differ by description (untrained ones are all B = 0)."""
-    torch.manual_seed(seed)
-    model = TextToLoRA(HypernetConfig(variant="M", rank=4, lora_alpha=8.0, latent=32, head_in=64), SHAPES, 384)
-    with torch.no_grad():
-        for head in model.heads.values():
-            head.weight.normal_(0, 0.02)
-    return checkpoint.save_checkpoint(model, "all-minilm-l6-v2", uri)
 
 
 @pytest.fixture(scope="module")

@@ -18,35 +18,31 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from fixtures_models import tiny_checkpoint as make_checkpoint
 from typer.testing import CliRunner
 
-from t2l_ray import adapters, checkpoint, storage
+from t2l_ray import adapters, storage
 from t2l_ray.config import ConfigError
 from t2l_ray.generator import content_id
-from t2l_ray.hypernet import HypernetConfig, TextToLoRA
 from t2l_ray.serve import (
-    RECONFIGURABLE, AdapterService, Job, KeyedLocks, ServeConfig, build_app, config_from_args, render_isolated,
+    RECONFIGURABLE,
+    AdapterService,
+    Job,
+    KeyedLocks,
+    ServeConfig,
+    build_app,
+    config_from_args,
+    render_isolated,
     token_digest,
 )
-from t2l_ray.shapes import BaseShapes, ModuleShape
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = BaseShapes("tiny-llama", "llama", 2, (ModuleShape("q_proj", 64, 64), ModuleShape("v_proj", 64, 32)))
 TOKEN = "t2l-test-" + secrets.token_hex(8)
 LIMITS = {"max_descriptions": 8, "max_chars": 200, "max_body_bytes": 4096, "max_inline_descriptions": 4}
 LOAD_REQUESTS = 300
 
 
-def make_checkpoint(uri: str, seed: int = 0) -> str:
-    """A tiny checkpoint with perturbed heads, so adapters differ by description (untrained ones are all B = 0)."""
-    torch.manual_seed(seed)
-    model = TextToLoRA(HypernetConfig(variant="M", rank=4, lora_alpha=8.0, latent=32, head_in=64), SHAPES, 384)
-    with torch.no_grad():
-        for head in model.heads.values():
-            head.weight.normal_(0, 0.02)
-    return checkpoint.save_checkpoint(model, "all-minilm-l6-v2", uri)
 
 
 # ---------------------------------------------------------------------------------------------- fast
