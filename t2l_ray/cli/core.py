@@ -17,6 +17,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def load_checked(cls, config: str | None, overrides: list[str]):
+    """A recipe from YAML + `--set` overrides, checked; any problem exits 2 with the reason."""
+    from t2l_ray.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(cls, config, overrides)
+        cfg.check()
+    except (ConfigError, ValueError) as error:
+        fail(str(error))
+    return cfg
+
+
 def _hypernet_config(variant: str, rank: int, target_modules: str):
     from t2l_ray.hypernet import HypernetConfig
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from t2l_ray.cli.app import app
-from t2l_ray.cli.core import fail
+from t2l_ray.cli.core import fail, load_checked
 
 
 @app.command("eval")
@@ -19,18 +19,13 @@ def eval_command(
     """Score 'base' (no adapter) and each adapter set on SNI-style tasks and benchmarks; exit 1 if a cell failed."""
     from tqdm import tqdm
 
-    from t2l_ray.config import ConfigError, load_config
     from t2l_ray.data.sni import NoUsableTasks
     from t2l_ray.eval.config import EvalConfig
     from t2l_ray.eval.runner import run_eval
 
     if output_dir:
         overrides = [*overrides, f"run.output_dir={output_dir}"]
-    try:
-        cfg = load_config(EvalConfig, config, overrides)
-        cfg.check()
-    except (ConfigError, ValueError) as error:
-        fail(str(error))
+    cfg = load_checked(EvalConfig, config, overrides)
     bar = tqdm(unit="cell", desc="eval", disable=None)
 
     def on_item(cell: dict) -> None:

@@ -16,18 +16,13 @@ def train(
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run folder (path or URI); overrides run.output_dir."),
 ):
     """Train a T2L hypernetwork (Ray Train + DeepSpeed). Re-running with the same output folder resumes."""
-    from t2l_ray.config import ConfigError, load_config
+    from t2l_ray.cli.core import load_checked
     from t2l_ray.train.config import TrainConfig
     from t2l_ray.train.driver import run_training
 
     if output_dir:
         overrides = [*overrides, f"run.output_dir={output_dir}"]
-    try:
-        cfg = load_config(TrainConfig, config, overrides)
-        cfg.check()
-    except (ConfigError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2)
+    cfg = load_checked(TrainConfig, config, overrides)
     run_dir = run_training(cfg)
     typer.echo(f"run_dir: {run_dir}")
 

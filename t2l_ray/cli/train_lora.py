@@ -21,18 +21,13 @@ def train_lora(
     OUT/oracle/ is a LoRA library for `t2l-ray train` with objective=reconstruction. Re-running skips
     oracle LoRAs that are already written.
     """
-    from t2l_ray.config import ConfigError, load_config
+    from t2l_ray.cli.core import load_checked
     from t2l_ray.train.baselines import BaselineRecipe, run_baselines
 
     if output_dir:
         overrides = [*overrides, f"baseline.output_dir={output_dir}"]
     if mode:
         overrides = [*overrides, f"baseline.mode={mode}"]
-    try:
-        cfg = load_config(BaselineRecipe, config, overrides)
-        cfg.check()
-    except (ConfigError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2)
+    cfg = load_checked(BaselineRecipe, config, overrides)
     out = run_baselines(cfg)
     typer.echo(f"output_dir: {out}")
