@@ -16,6 +16,7 @@ import fnmatch
 import glob
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from t2l_ray.checkpoint import load_checkpoint, read_checkpoint_config
 from t2l_ray.config import doc, load_config
 from t2l_ray.encoders import load_encoder
 from t2l_ray.generator import check_adapter_id, content_id, render_embeddings
-from t2l_ray.raycluster import ensure_ray
+from t2l_ray.raycluster import ensure_ray, unadvertised
 
 LINE_KEYS = ("description", "id", "metadata")
 _GLOB_CHARS = set("*?[")
@@ -45,6 +46,9 @@ class FactoryConfig:
     concurrency: int = doc("Actors in each of the encoder and hypernet stages.", 1)
     num_cpus: float = doc("CPUs reserved per actor; fractions keep small clusters from starving Ray Data.", 0.5)
     num_gpus: float = doc("GPUs per encoder and per hypernet actor (0: CPU; fractions share a GPU).", 0.0)
+    resources: dict[str, float] = doc(
+        "Custom Ray resources per encoder and per hypernet actor, e.g. {gen_gpu: 0.5}: the actors run only on "
+        "nodes that advertise them (the cluster configs' generation node type).", default_factory=dict)
     max_chars: int = doc("Longest description accepted, in characters; longer lines are bad lines.", 4000)
     dtype: Literal["bfloat16", "float32", "float16"] = doc("Dtype of the written LoRA weights.", "bfloat16")
     fail_fast: bool = doc("Stop at the first bad line: nothing after it is written.", False)
@@ -55,6 +59,9 @@ class FactoryConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.num_cpus <= 0 or self.num_gpus < 0:
             raise ValueError(f"num_cpus must be > 0 and num_gpus >= 0 (got {self.num_cpus}, {self.num_gpus})")
+        bad = {k: v for k, v in self.resources.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
+        if bad:
+            raise ValueError(f"resources must map resource names to amounts > 0, not {bad}")
 
 
 def load_factory_config(path: str | None = None, overrides: list[str] | None = None) -> FactoryConfig:
@@ -356,8 +363,9 @@ def _pipeline(todo: list[tuple[Request, str]], out: str, checkpoint: str, checkp
          "metadata": json.dumps(r.metadata) if r.metadata is not None else "", "uri": storage.join(out, i)}
         for r, i in todo
     ]
-    actor = {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus or None, "batch_size": config.batch_size,
-             "batch_format": "numpy", "compute": ray.data.ActorPoolStrategy(size=config.concurrency)}
+    actor = {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus or None, "resources": config.resources or None,
+             "batch_size": config.batch_size, "batch_format": "numpy",
+             "compute": ray.data.ActorPoolStrategy(size=config.concurrency)}
     blocks = min(len(items), max(1, -(-len(items) // config.batch_size)))
     return (
         ray.data.from_items(items, override_num_blocks=blocks)
@@ -413,6 +421,10 @@ def run_factory(
             ray_start = time.monotonic()
             ensure_ray()
             start += time.monotonic() - ray_start  # rates measure the factory, not the cluster's start-up
+            waiting_for = unadvertised(config.resources)
+            if waiting_for:
+                print(f"batch-generate: no node offers {', '.join(waiting_for)} yet; the actors wait until the "
+                      "autoscaler adds one (on a fixed cluster, forever: check `resources`)", file=sys.stderr)
             for result in _pipeline(plan.todo, out, checkpoint, checkpoint_config, config).iter_rows():
                 failed = result["status"] == "failed"
                 record_with_followers(manifest.manifest_row(

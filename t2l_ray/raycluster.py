@@ -27,3 +27,12 @@ def ensure_ray():
         num_cpus = int(os.environ.get("T2L_RAY_NUM_CPUS", max(8, 2 * (os.cpu_count() or 1))))
         ray.init(include_dashboard=False, num_cpus=num_cpus)
     return ray
+
+
+def unadvertised(resources: dict[str, float]) -> list[str]:
+    """Custom resources that no alive node offers now: work asking for them waits for the autoscaler to add
+    such a node, forever on a fixed cluster. Callers warn with these names."""
+    import ray
+
+    offered = set().union(*(node["Resources"] for node in ray.nodes() if node["Alive"]))
+    return sorted(name for name in resources if name not in offered)

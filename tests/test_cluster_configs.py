@@ -651,16 +651,24 @@ def test_generation_loads_a_trained_hypernet():
         assert strip_scheme(uri.rstrip("/")) in train_outputs, f"{uri} is not the hypernet/ of any train run"
 
 
+ASKED_RESOURCE = re.compile(r"(?:\brun\.resources_per_worker|\bresources)\.(\w+)=")  # train and batch-generate
+
+
 def test_custom_resources_asked_for_are_advertised():
-    asked = {m for cmd in entrypoints() for m in re.findall(r"run\.resources_per_worker\.(\w+)=", cmd)}
-    assert asked == {"train_gpu"}, asked
+    asked = {m for cmd in entrypoints() for m in ASKED_RESOURCE.findall(cmd)}
+    assert asked == {"train_gpu", "gen_gpu"}, asked
     for name in LAUNCHERS:
         offered = {r for node in load_yaml(name)["available_node_types"].values() for r in node["resources"]}
         assert asked <= offered, f"{name} advertises no {asked - offered}"
-    for where, spec in cluster_specs():
-        if where.startswith("cluster/kuberay/raycluster.yaml") or "rayjob-train" in where:
-            offered = {r for g in spec["workerGroupSpecs"] for r in custom_resources(g["rayStartParams"])}
-            assert asked <= offered, f"{where} advertises no {asked - offered}"
+    (_, raycluster), = [item for item in cluster_specs() if item[0].startswith("cluster/kuberay/raycluster.yaml")]
+    offered = {r for g in raycluster["workerGroupSpecs"] for r in custom_resources(g["rayStartParams"])}
+    assert asked <= offered, f"cluster/kuberay/raycluster.yaml advertises no {asked - offered}"
+    for path, doc in kuberay_docs():  # a RayJob's own cluster offers what its entrypoint asks for
+        if doc.get("kind") == "RayJob":
+            wanted = set(ASKED_RESOURCE.findall(doc["spec"]["entrypoint"]))
+            groups = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+            offered = {r for g in groups for r in custom_resources(g["rayStartParams"])}
+            assert wanted and wanted <= offered, f"{rel(path)} asks for {wanted}, its workers offer {offered}"
 
 
 # ---------------------------------------------------------------- example descriptions

@@ -237,6 +237,17 @@ def test_bad_config_and_checkpoint_exit_2(tmp_path, tiny_ckpt):
     assert result.exit_code == 2 and "not a hypernet checkpoint" in result.output
     result = batch_generate(str(tmp_path / "in.jsonl"), "--checkpoint", tiny_ckpt[0], "--out", str(tmp_path), "--set", "gpus=1")
     assert result.exit_code == 2 and "unknown key(s) ['gpus']" in result.output
+    result = batch_generate(str(tmp_path / "in.jsonl"), "--checkpoint", tiny_ckpt[0], "--out", str(tmp_path),
+                            "--set", "resources.gen_gpu=0")
+    assert result.exit_code == 2 and "resources must map resource names to amounts > 0" in result.output
+    assert not list(tmp_path.glob("_manifest*"))  # refused before anything was recorded
+
+
+@pytest.mark.slow
+def test_unadvertised_names_resources_no_node_offers(cluster):
+    from t2l_ray.raycluster import unadvertised
+
+    assert unadvertised({"CPU": 1, "gen_gpu": 0.5, "memory": 1}) == ["gen_gpu"]
 
 
 # ------------------------------------------------------------------------------------------------ on Ray

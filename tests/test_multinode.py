@@ -8,7 +8,8 @@ preempted VM) and never touches other Ray clusters on the machine. No `ray stop`
 
 1. The demo training and a batch-generate of jobs/examples/descriptions.jsonl through `ray job submit`
    (`--runtime-env jobs/runtime_env_cpu.yaml`: the checkout as working_dir); Ray's state API says which
-   node each train worker ran on, and the workers' own pid files agree.
+   node each train worker ran on, and the workers' own pid files agree. The batch-generate asks for
+   `resources.worker_node` (as cluster jobs ask for `gen_gpu`) and all its actors land on the worker node.
 2. Preemption: the worker node is SIGKILLed (raylet, agents, workers, all at once) in the middle of a
    1,000-line batch-generate (once it has done generation work) and in the middle of a training run.
    Generation finishes on the head (Ray Data restarts the lost actors and retries their batches), or a
@@ -368,10 +369,13 @@ def test_training_and_generation_run_on_both_nodes(cluster, trained, work):
     assert sorted(pids) == [0, 1] and all(pid in node_of for pid in pids.values()), (pids, node_of)
     assert {node_of[pid] for pid in pids.values()} == {head, worker}
 
+    # Generation steered by a custom resource, as the cluster configs' gen_gpu: only the worker node offers
+    # `worker_node`, so every encoder and hypernet actor must run there.
     out = work / "adapters"
     started = time.monotonic()
     job = cluster.submit("mn-gen", "t2l-ray", "batch-generate", "jobs/examples/descriptions.jsonl",
-                         "--checkpoint", str(run_dir / "hypernet"), "--out", str(out), "--concurrency", "2")
+                         "--checkpoint", str(run_dir / "hypernet"), "--out", str(out), "--concurrency", "2",
+                         "--set", "resources.worker_node=0.25")
     status = cluster.wait_job(job, 600)
     assert status == "SUCCEEDED", cluster.logs(job)[-6000:]
     print(f"batch-generate job (22 lines): {time.monotonic() - started:.0f}s")
@@ -379,9 +383,8 @@ def test_training_and_generation_run_on_both_nodes(cluster, trained, work):
     assert complete_adapters(out) == {line["id"] for line in lines}
     rows = manifest.latest_by_line(str(out))
     assert sorted(rows) == list(range(1, len(lines) + 1)) and {r["status"] for r in rows.values()} == {"written"}
-    # Ray Data spreads the actor pools over both nodes, but 22 lines are often done before the worker node's
-    # actors finish starting; the preemption test below checks generation work on the worker node.
-    assert {a.node_id for a in cluster.actors(job) if a.class_name.startswith("MapWorker") and a.node_id} <= {head, worker}
+    actor_nodes = [a.node_id for a in cluster.actors(job) if a.class_name.startswith("MapWorker")]
+    assert len(actor_nodes) == 4 and set(actor_nodes) == {worker}, (actor_nodes, worker)
 
 
 def write_descriptions(path: Path, count: int) -> list[str]:
