@@ -20,13 +20,36 @@ def ensure_ray():
     if address is not None:
         ray.init(address=address)
     else:
-        # A private cluster for this command. Ray 2.60 turns a 127.0.0.1 node address into the machine's
-        # external one (services.resolve_ip_for_localhost), so there is no loopback-only option to pass.
-        # More logical CPUs than cores: Ray Data tasks must still get scheduled while train workers hold
-        # theirs, or a small machine deadlocks (the reader waits for a CPU the trainers never release).
-        num_cpus = int(os.environ.get("T2L_RAY_NUM_CPUS", max(8, 2 * (os.cpu_count() or 1))))
-        ray.init(include_dashboard=False, num_cpus=num_cpus)
+        ray.init(**private_cluster_options())
     return ray
+
+
+def private_cluster_options() -> dict:
+    """`ray.init` options of a private cluster for one command (or one test session).
+
+    Ray 2.60 turns a 127.0.0.1 node address into the machine's external one (services.resolve_ip_for_localhost),
+    so there is no loopback-only option to pass. More logical CPUs than cores: Ray Data tasks must still get
+    scheduled while train workers hold theirs, or a small machine deadlocks (the reader waits for a CPU the
+    trainers never release). No dashboard (memory, start-up time), so no state API: see the hook below.
+    """
+    return {
+        "include_dashboard": False,
+        "num_cpus": int(os.environ.get("T2L_RAY_NUM_CPUS", max(8, 2 * (os.cpu_count() or 1)))),
+        "runtime_env": {"worker_process_setup_hook": f"{__name__}.{quiet_state_api_warnings.__name__}"},
+    }
+
+
+STATE_API_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_state_api_warnings() -> None:
+    """Worker setup hook of the private cluster. Without a dashboard there is no state API, so Ray Train's
+    PlacementGroupCleaner warns "Failed to query Ray Train Controller actor state" every 2 s of every run.
+    Its job (freeing a dead controller's placement group) does not matter here: the private cluster ends with
+    the command. Clusters named by RAY_ADDRESS have a dashboard and keep the warning."""
+    import logging
+
+    logging.getLogger(STATE_API_LOGGER).setLevel(logging.ERROR)
 
 
 def unadvertised(resources: dict[str, float]) -> list[str]:

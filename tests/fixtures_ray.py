@@ -14,12 +14,9 @@ def ray_cluster(s3_server, tmp_path_factory):
     """Depends on `s3_server` so the S3 settings are in the environment before Ray workers copy it."""
     import ray
 
+    from t2l_ray.raycluster import private_cluster_options
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=8,
-            include_dashboard=False,
-            _temp_dir=str(tmp_path_factory.mktemp("ray")),
-            log_to_driver=True,
-        )
+        ray.init(**{**private_cluster_options(), "num_cpus": 8, "_temp_dir": str(tmp_path_factory.mktemp("ray"))})
     yield ray
     ray.shutdown()

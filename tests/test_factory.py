@@ -243,13 +243,6 @@ def test_bad_config_and_checkpoint_exit_2(tmp_path, tiny_ckpt):
     assert not list(tmp_path.glob("_manifest*"))  # refused before anything was recorded
 
 
-@pytest.mark.slow
-def test_unadvertised_names_resources_no_node_offers(cluster):
-    from t2l_ray.raycluster import unadvertised
-
-    assert unadvertised({"CPU": 1, "gen_gpu": 0.5, "memory": 1}) == ["gen_gpu"]
-
-
 # ------------------------------------------------------------------------------------------------ on Ray
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from sni_paths import sni_dir
 
 from t2l_ray import checkpoint
@@ -34,11 +35,12 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_sft_lowers_the_loss_and_exports_a_hypernet(ray_cluster, tmp_path, zero_stage):
+# ZeRO-3 runs in bf16: the GPU recipes' precision (base weights and the DeepSpeed engine in bf16) on CPU workers.
+@pytest.mark.parametrize("zero_stage, bf16", [(2, False), (3, True)], ids=["zero2-fp32", "zero3-bf16"])
+def test_sft_lowers_the_loss_and_exports_a_hypernet(ray_cluster, tmp_path, zero_stage, bf16):
     from t2l_ray.train.driver import run_training
 
-    cfg = tiny_recipe(tmp_path, f"zero{zero_stage}", f"deepspeed.zero_stage={zero_stage}")
+    cfg = tiny_recipe(tmp_path, f"zero{zero_stage}", f"deepspeed.zero_stage={zero_stage}", f"deepspeed.bf16={bf16}")
     run_dir = tmp_path / f"zero{zero_stage}"
     assert run_training(cfg) == str(run_dir)
     rows = read_metrics(run_dir)
@@ -49,6 +51,7 @@ def test_sft_lowers_the_loss_and_exports_a_hypernet(ray_cluster, tmp_path, zero_
     assert all(r["lr"] >= 0 and r["samples_per_s"] > 0 and r["grad_norm"] is not None for r in rows)
     exported = checkpoint.load_checkpoint(str(run_dir / "hypernet"))
     assert exported.model.config.variant == "M" and exported.encoder == "all-minilm-l6-v2"
+    assert {p.dtype for p in exported.model.parameters()} == {torch.float32}  # bf16 training, fp32 export
     assert json.loads((run_dir / "hypernet" / "hypernet.json").read_text())["step"] == 24
     assert sorted(p.name for p in run_dir.glob("checkpoint_*"))  # Ray Train checkpoints beside the export
     summary = json.loads((run_dir / "data_summary.json").read_text())
