@@ -1,6 +1,6 @@
 """The quality experiment: do adapters generated from a description help on tasks the hypernet never saw?
 
-    .venv/bin/python bench/quality.py [--out runs/quality] [--docs docs/results.md] [--set stage.key=value ...]
+    .venv/bin/python bench/quality.py [--out runs/quality] [--docs docs/results.md] [--set section.key=value ...]
 
 T2L's comparison at a size a 2-core CPU runs in about 13 minutes, end to end through the product's own paths
 (Ray Train + DeepSpeed for every training run, the Ray Data factory for adapters, `t2l-ray eval` on Ray):
@@ -17,12 +17,15 @@ T2L's comparison at a size a 2-core CPU runs in about 13 minutes, end to end thr
              multi-task LoRA over the 29 training tasks, each with T2L's optimizer steps and examples per step.
 5. adapters  `run_factory`: for each held-out task one adapter per description (its 6 descriptions, all
              unseen: the task was held out) and as many from random strings of the same lengths.
-6. eval      `run_eval` on the 30 evaluation instances of each held-out task (ROUGE-L and exact match, greedy).
+6. eval      `run_eval` on the 30 evaluation instances of each held-out task (ROUGE-L and exact match, greedy),
+             and on those of the 29 training tasks with adapters from their held-out descriptions.
 
 Rows: base, multitask, oracle, t2l (mean over the 6 description adapters), t2l-random (mean over 6 random
-strings), and per task the ratio (t2l - base) / (oracle - base). Every stage keeps its output in --out and a
-rerun skips finished stages (delete a stage's folder to redo it). With --docs, the generated part of that
-markdown file (between its `generated` markers) is replaced by this run's tables.
+strings), per task the ratio (t2l - base) / (oracle - base), and what one constant answer scores. Every stage
+keeps its output in --out and its settings in --out/record.json; a rerun reuses each stage whose settings (the
+sections it depends on) are unchanged, so `--set t2l.variant=L` redoes only T2L, its adapters and the eval.
+With --docs, the generated part of that markdown file (between its `generated` markers) is replaced by this
+run's tables.
 """
 
 from __future__ import annotations
@@ -317,7 +320,7 @@ def random_string(rng: random.Random, length: int) -> str:
 
 def generate_adapters(settings: Settings, split: dict, checkpoint: Path, out: Path) -> dict:
     """adapters/{set}/{task}/ from one batch-generate run: for the held-out tasks, sets t2l-1..N (each task's N
-    descriptions) and random-1..N (random strings of the same lengths); for the training tasks, set `seen`
+    descriptions) and random-1..N (random strings of the same lengths); for the training tasks, set `t2l-seen`
     (each task's held-out description: a task the hypernet knows, in words it never saw)."""
     from t2l_ray.factory import FactoryConfig, run_factory
 
