@@ -383,8 +383,12 @@ def test_training_and_generation_run_on_both_nodes(cluster, trained, work):
     assert complete_adapters(out) == {line["id"] for line in lines}
     rows = manifest.latest_by_line(str(out))
     assert sorted(rows) == list(range(1, len(lines) + 1)) and {r["status"] for r in rows.values()} == {"written"}
-    actor_nodes = [a.node_id for a in cluster.actors(job) if a.class_name.startswith("MapWorker")]
-    assert len(actor_nodes) == 4 and set(actor_nodes) == {worker}, (actor_nodes, worker)
+    # An actor Ray Data asked for but never placed (the job ended first) has no node; it ran nowhere.
+    placed = [(a.class_name, a.node_id) for a in cluster.actors(job) if a.class_name.startswith("MapWorker")
+              and a.node_id]
+    stages = {name for name, _ in placed}
+    assert any("EmbedActor" in s for s in stages) and any("GenerateActor" in s for s in stages), placed
+    assert {node for _, node in placed} == {worker}, (placed, worker)
 
 
 def write_descriptions(path: Path, count: int) -> list[str]:
