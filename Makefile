@@ -31,7 +31,7 @@ demo: $(STAMP)
 	bash jobs/demo.sh $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow"
