@@ -59,7 +59,7 @@ class FactoryConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.num_cpus <= 0 or self.num_gpus < 0:
             raise ValueError(f"num_cpus must be > 0 and num_gpus >= 0 (got {self.num_cpus}, {self.num_gpus})")
-        bad = {k: v for k, v in self.resources.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
+        bad = {k: v for k, v in self.resources.items() if v <= 0}
         if bad:
             raise ValueError(f"resources must map resource names to amounts > 0, not {bad}")
 

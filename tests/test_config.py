@@ -10,6 +10,7 @@ from t2l_ray.train.config import TrainConfig
 class Inner:
     lr: float = doc("learning rate", 0.1)
     names: list[str] = doc("names", default_factory=lambda: ["a"])
+    amounts: dict[str, float] = doc("amounts", default_factory=dict)
 
 
 @dataclass
@@ -34,6 +35,14 @@ def test_unknown_keys_and_bad_types_name_the_file_and_key(tmp_path):
         load_config(Outer, None, ["steps=many"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(Outer, None, ["steps"])
+
+
+def test_mapping_values_are_checked_and_converted_like_fields():
+    config = load_config(Outer, None, ["inner.amounts={gpu: 1, slot: 0.5}"])
+    assert config.inner.amounts == {"gpu": 1.0, "slot": 0.5} and isinstance(config.inner.amounts["gpu"], float)
+    for bad in ("yes", "true", "[1]"):
+        with pytest.raises(ConfigError, match=r"config\.inner\.amounts\.gpu: expected float"):
+            load_config(Outer, None, [f"inner.amounts.gpu={bad}"])
 
 
 def test_every_recipe_in_jobs_loads():
