@@ -28,7 +28,7 @@ import torch
 
 from t2l_ray import adapters, manifest, storage
 from t2l_ray.checkpoint import load_checkpoint, read_checkpoint_config
-from t2l_ray.config import doc, load_config
+from t2l_ray.config import doc
 from t2l_ray.encoders import load_encoder
 from t2l_ray.generator import check_adapter_id, content_id, render_embeddings
 from t2l_ray.raycluster import ensure_ray, unadvertised
@@ -62,12 +62,6 @@ class FactoryConfig:
         bad = {k: v for k, v in self.resources.items() if v <= 0}
         if bad:
             raise ValueError(f"resources must map resource names to amounts > 0, not {bad}")
-
-
-def load_factory_config(path: str | None = None, overrides: list[str] | None = None) -> FactoryConfig:
-    config = load_config(FactoryConfig, path, overrides)
-    config.check()
-    return config
 
 
 # ------------------------------------------------------------------------------------------------ input

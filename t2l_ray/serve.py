@@ -142,12 +142,6 @@ RECONFIGURABLE = ("max_batch_size", "batch_wait_timeout_s", "max_chars", "max_de
                   "max_inline_descriptions", "max_body_bytes")
 
 
-def load_serve_config(path: str | None = None, overrides: list[str] | None = None) -> ServeConfig:
-    config = load_config(ServeConfig, path, overrides)
-    config.check()
-    return config
-
-
 def config_from_args(base: Any, values: dict[str, Any]) -> ServeConfig:
     """A ServeConfig from a base (None, a YAML path, a mapping or a ServeConfig) and build_app arg values.
 

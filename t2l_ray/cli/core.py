@@ -19,12 +19,12 @@ def fail(message: str, code: int = 2) -> None:
 
 def load_checked(cls, config: str | None, overrides: list[str]):
     """A recipe from YAML + `--set` overrides, checked; any problem exits 2 with the reason."""
-    from t2l_ray.config import ConfigError, load_config
+    from t2l_ray.config import load_config
 
     try:
         cfg = load_config(cls, config, overrides)
         cfg.check()
-    except (ConfigError, ValueError) as error:
+    except ValueError as error:  # ConfigError included
         fail(str(error))
     return cfg
 

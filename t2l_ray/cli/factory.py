@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from t2l_ray.cli.app import app
-from t2l_ray.cli.core import fail
+from t2l_ray.cli.core import fail, load_checked
 
 _SHOWN_FAILURES = 20
 
@@ -51,12 +51,10 @@ def batch_generate(
     """Generate one adapter per line of a JSONL file on Ray; exit 1 when any line failed."""
     from tqdm import tqdm
 
-    from t2l_ray.factory import load_factory_config, run_factory
+    from t2l_ray.factory import FactoryConfig, run_factory
 
-    try:
-        config = load_factory_config(config_path, [*overrides, *_overrides(batch_size, concurrency, max_chars, dtype, fail_fast)])
-    except ValueError as error:
-        fail(str(error))
+    config = load_checked(FactoryConfig, config_path,
+                          [*overrides, *_overrides(batch_size, concurrency, max_chars, dtype, fail_fast)])
     bar = tqdm(unit="line", desc="batch-generate", disable=None)
     try:
         summary = run_factory(

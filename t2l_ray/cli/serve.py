@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from t2l_ray.cli.app import app
-from t2l_ray.cli.core import fail
+from t2l_ray.cli.core import fail, load_checked
 
 
 def _url(host: str, port: int, route_prefix: str) -> str:
@@ -33,10 +33,10 @@ def serve_command(
     """
     from t2l_ray import storage
     from t2l_ray.checkpoint import read_checkpoint_config
-    from t2l_ray.serve import build_app, load_serve_config
+    from t2l_ray.serve import ServeConfig, build_app
 
+    config = load_checked(ServeConfig, config_path, overrides)
     try:
-        config = load_serve_config(config_path, overrides)
         read_checkpoint_config(checkpoint)
         storage.resolve(out)
     except (FileNotFoundError, ValueError) as error:
