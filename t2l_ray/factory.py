@@ -16,7 +16,6 @@ import fnmatch
 import glob
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from t2l_ray.checkpoint import load_checkpoint, read_checkpoint_config
 from t2l_ray.config import doc
 from t2l_ray.encoders import load_encoder
 from t2l_ray.generator import check_adapter_id, content_id, render_embeddings
-from t2l_ray.raycluster import ensure_ray, unadvertised
+from t2l_ray.raycluster import ensure_ray, warn_unadvertised
 
 LINE_KEYS = ("description", "id", "metadata")
 _GLOB_CHARS = set("*?[")
@@ -415,10 +414,7 @@ def run_factory(
             ray_start = time.monotonic()
             ensure_ray()
             start += time.monotonic() - ray_start  # rates measure the factory, not the cluster's start-up
-            waiting_for = unadvertised(config.resources)
-            if waiting_for:
-                print(f"batch-generate: no node offers {', '.join(waiting_for)} yet; the actors wait until the "
-                      "autoscaler adds one (on a fixed cluster, forever: check `resources`)", file=sys.stderr)
+            warn_unadvertised(config.resources, "batch-generate", "resources")
             for result in _pipeline(plan.todo, out, checkpoint, checkpoint_config, config).iter_rows():
                 failed = result["status"] == "failed"
                 record_with_followers(manifest.manifest_row(

@@ -8,6 +8,7 @@ RAY_ADDRESS needs them set on its own nodes.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def ensure_ray():
@@ -59,3 +60,13 @@ def unadvertised(resources: dict[str, float]) -> list[str]:
 
     offered = set().union(*(node["Resources"] for node in ray.nodes() if node["Alive"]))
     return sorted(name for name in resources if name not in offered)
+
+
+def warn_unadvertised(resources: dict[str, float], command: str, setting: str) -> list[str]:
+    """Say on stderr which of the resources `command` asks for (through `setting`) no node offers yet, so a job
+    that waits for the autoscaler, or forever on a fixed cluster, says why. Returns those names."""
+    missing = unadvertised(resources) if resources else []
+    if missing:
+        print(f"{command}: no node offers {', '.join(missing)} yet; the work waits until the autoscaler adds one "
+              f"(on a fixed cluster, forever: check `{setting}`)", file=sys.stderr)
+    return missing

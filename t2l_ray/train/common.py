@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from t2l_ray import storage
+from t2l_ray.raycluster import warn_unadvertised
 
 DS_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -170,6 +171,7 @@ def make_trainer(cfg, train_loop, loop_config: dict, run_dir: str, datasets: dic
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    warn_unadvertised(cfg.run.resources_per_worker, "train", "run.resources_per_worker")
     fs, path = storage.resolve(run_dir)
     return TorchTrainer(
         train_loop,
