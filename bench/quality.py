@@ -38,7 +38,7 @@ import random
 import string
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -249,8 +249,7 @@ def pretrain_base(s: BaseSettings, data_dir: Path, out: Path) -> dict:
                   f"({time.time() - started:.0f}s)", flush=True)
     model.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
-    return {"params": params, "tokens": rows.numel(), "first_loss": losses[0], "final_loss": sum(losses[-50:]) / 50,
-            "seconds": round(time.time() - started, 1)}
+    return {"params": params, "tokens": rows.numel(), "first_loss": losses[0], "final_loss": sum(losses[-50:]) / 50}
 
 
 # ------------------------------------------------------------------------------------------------ 3-4. training
@@ -354,6 +353,7 @@ def evaluate(settings: Settings, base_dir: Path, data_dir: Path, tasks: list[str
              out: Path) -> dict:
     """`t2l-ray eval` of the base model and `sets` (row name -> adapter folder) on `tasks`' evaluation instances."""
     from t2l_ray.eval.config import EvalConfig
+    from t2l_ray.eval.report import build_table
     from t2l_ray.eval.runner import run_eval
 
     cfg = from_dict(EvalConfig, {
@@ -367,7 +367,7 @@ def evaluate(settings: Settings, base_dir: Path, data_dir: Path, tasks: list[str
     result = run_eval(cfg)
     if result.errors:
         raise RuntimeError(f"eval: {len(result.errors)} cells failed: {result.errors[:3]}")
-    return json.loads((out / "results.json").read_text())
+    return build_table(result)  # the table run_eval also wrote to out/results.json
 
 
 def evaluate_all(settings: Settings, out: Path, split: dict, adapter_sets: list[str]) -> dict:
@@ -534,7 +534,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/quality", help="working folder; finished stages are reused")
     parser.add_argument("--docs", default="", help="markdown file whose generated section gets the tables")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="settings override, e.g. --set train.steps=200 (sections: data, base, train, eval)")
+                        help="settings override, e.g. --set budget.steps=200 (sections: " + ", ".join(
+                            f.name for f in fields(Settings)) + ")")
     args = parser.parse_args(argv)
     settings = load_config(Settings, None, args.overrides)
     out = Path(args.out).resolve()

@@ -1,6 +1,6 @@
 """bench/quality.py's own logic: its data split, the facts its base learns, the table maths and the docs update.
 
-The experiment itself runs for about 15 minutes and is a benchmark, not a test (docs/results.md).
+The experiment itself runs for about 13 minutes and is a benchmark, not a test (docs/results.md).
 """
 
 from __future__ import annotations
