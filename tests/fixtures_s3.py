@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 _BUCKET = "t2l-test"
 _START_TIMEOUT_S = 30.0
@@ -55,21 +56,11 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _free_port(taken: set[int]) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in taken:
-            taken.add(port)
-            return port
-
-
 def _ports() -> dict[str, int]:
     """Free loopback ports for every listener, so the server never collides with another one."""
     taken: set[int] = set()
     ports = {
-        name: _free_port(taken)
+        name: free_port(taken)
         for name in (
             "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
             "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
@@ -78,7 +69,7 @@ def _ports() -> dict[str, int]:
     # The embedded maintenance worker dials the admin server at admin.port + 10000 whatever
     # admin.port.grpc says, so pick a pair that fits.
     while True:
-        admin = _free_port(taken)
+        admin = free_port(taken)
         if admin + 10000 <= 65535 and admin + 10000 not in taken and _bindable(admin + 10000):
             ports["admin.port"], ports["admin.port.grpc"] = admin, admin + 10000
             return ports

@@ -23,8 +23,6 @@ runner = CliRunner()
 GOOD = 200
 
 
-
-
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("ckpt") / "t2l")

@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,8 +41,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from ports import free_port
 
 from t2l_ray import adapters, manifest
+from t2l_ray.train.plot import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +58,6 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 # The demo recipe made short; one `t2l_slot` per train worker puts the two workers on different nodes.
 TRAIN_SETS = ["run.num_workers=2", "run.log_every=1", "run.resources_per_worker={t2l_slot: 1}"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_env() -> dict[str, str]:
@@ -80,6 +75,14 @@ def node_env() -> dict[str, str]:
         "RAY_health_check_failure_threshold": "5",
     })
     return env
+
+
+def signal_all(procs: list[psutil.Process], sig: int) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:  # gone already
+            pass
 
 
 class Node:
@@ -120,26 +123,14 @@ class Node:
 
     def kill(self) -> None:
         """A preempted VM: every process of the node gets SIGKILL at once, no goodbye to the GCS."""
-        for p in self.processes():
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
+        signal_all(self.processes(), signal.SIGKILL)
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
         procs = self.processes()
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
+        signal_all(procs, signal.SIGTERM)
         _, alive = psutil.wait_procs(procs, timeout=15)
-        for p in alive:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
+        signal_all(alive, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=10)
         if self.proc.poll() is None:
             self.proc.kill()
@@ -236,10 +227,10 @@ class LocalCluster:
         assert len(ids) == 1, (role, self.alive_roles())
         return ids[0]
 
-    def wait_for(self, condition, timeout: float, what: str, node: Node | None = None) -> None:
+    def wait_for(self, condition, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
-            assert time.monotonic() < deadline, f"{what} within {timeout} s\n{(node or self.head).tail()}"
+            assert time.monotonic() < deadline, f"{what} within {timeout} s\n{self.head.tail()}"
             time.sleep(1)
 
     def submit(self, name: str, *entrypoint: str) -> str:
@@ -327,10 +318,6 @@ def train_command(run_dir: Path, *sets: str) -> list[str]:
     return args
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def rank_pids(run_dir: Path) -> dict[int, int]:
     return {int(p.stem.removeprefix("rank")): int(p.read_text()) for p in (run_dir / "_workers").glob("rank*.pid")}
 
@@ -358,7 +345,7 @@ def test_training_and_generation_run_on_both_nodes(cluster, trained, work):
 
     run_dir, job = trained
     head, worker = cluster.node_id("head"), cluster.node_id(cluster.workers[-1].name)
-    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(str(run_dir))] == [1, 2, 3, 4, 5, 6]
     assert read_checkpoint_config(str(run_dir / "hypernet"))["encoder"] == "all-minilm-l6-v2"
     assert json.loads((run_dir / "hypernet" / "hypernet.json").read_text())["step"] == 6
 
@@ -488,7 +475,7 @@ def test_training_resumes_when_the_worker_node_returns(cluster, work):
     first_pids = rank_pids(run_dir)
     victim.kill()
     killed_at, kill_clock = time.monotonic(), time.time()
-    step_at_kill, registered = read_metrics(run_dir)[-1]["step"], registered_step(run_dir)
+    step_at_kill, registered = read_metrics(str(run_dir))[-1]["step"], registered_step(run_dir)
     assert step_at_kill < max_steps
     print(f"killed {victim.name} {killed_at - started:.0f}s after submit, at step {step_at_kill}/{max_steps} "
           f"(latest registered checkpoint: step {registered})")
@@ -503,7 +490,7 @@ def test_training_resumes_when_the_worker_node_returns(cluster, work):
     assert status == "SUCCEEDED", cluster.logs(job)[-6000:]
     print(f"training finished {time.monotonic() - killed_at:.0f}s after the kill")
 
-    rows = read_metrics(run_dir)
+    rows = read_metrics(str(run_dir))
     assert [r["step"] for r in rows] == list(range(1, max_steps + 1))  # each step once: no gap, no repeat
     before = [r for r in rows if r["time"] < kill_clock]
     after = [r for r in rows if r["time"] >= kill_clock]

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import secrets
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures_models import tiny_checkpoint as make_checkpoint
+from ports import free_port
 from typer.testing import CliRunner
 
 from t2l_ray import adapters, storage
@@ -41,8 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t2l-test-" + secrets.token_hex(8)
 LIMITS = {"max_descriptions": 8, "max_chars": 200, "max_body_bytes": 4096, "max_inline_descriptions": 4}
 LOAD_REQUESTS = 300
-
-
 
 
 # ---------------------------------------------------------------------------------------------- fast
@@ -160,12 +158,6 @@ def test_cli_serve_rejects_bad_settings_before_starting_ray(tmp_path):
 # ---------------------------------------------------------------------------------------------- Serve over HTTP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Served:
     def __init__(self, base: str, out: Path, s3_out: str, ckpt_sha: str):
         import requests
@@ -195,7 +187,7 @@ def served(s3_server, ray_cluster, tmp_path_factory):
     ckpt = str(root / "ckpt")
     sha = make_checkpoint(ckpt)
     out = root / "adapters"
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     common = {"checkpoint": ckpt, "num_cpus": 0.5, "max_batch_size": 16, "max_ongoing_requests": 128,
               "batch_wait_timeout_s": 0.05, **LIMITS}
