@@ -370,7 +370,7 @@ def test_launcher_node_types(name):
     advertised = set()
     for key, node in gpu_types.items():
         assert node.get("min_workers", 0) == 0, f"{key}: GPU workers scale from zero"
-        assert 1 <= node["max_workers"] <= config["max_workers"], key
+        assert node["max_workers"] >= 1 and node["max_workers"] <= config["max_workers"], key
         custom = {r: n for r, n in node["resources"].items() if r in STEERING}
         assert len(custom) == 1, f"{key}: advertise exactly one of {sorted(STEERING)}, got {custom}"
         assert list(custom.values()) == [node["resources"]["GPU"]], f"{key}: one steering unit per GPU"
