@@ -25,17 +25,11 @@ from typer.testing import CliRunner
 from t2l_ray import adapters, storage
 from t2l_ray.config import ConfigError
 from t2l_ray.generator import content_id
-from t2l_ray.serve import (
-    RECONFIGURABLE,
-    AdapterService,
-    Job,
-    KeyedLocks,
-    ServeConfig,
-    build_app,
-    config_from_args,
-    render_isolated,
-    token_digest,
-)
+from t2l_ray.serve import AdapterService, ServeConfig, build_app
+from t2l_ray.serve.config import RECONFIGURABLE, config_from_args
+from t2l_ray.serve.gate import token_digest
+from t2l_ray.serve.jobs import Job, render_isolated
+from t2l_ray.serve.locks import KeyedLocks
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t2l-test-" + secrets.token_hex(8)

@@ -1,0 +1,202 @@
+"""The deployment: `AdapterService`, one replica holding the checkpoint's hypernet and encoder (the
+`Generator`), a `@serve.batch` queue in front of it, and the store at `out`.
+
+Every description waiting in the replica, across requests, goes through `generate`: one encoder pass and
+one hypernet forward (`Generator.render`, the path `generate` and the factory use); each result reports the
+`batch_size` of the forward it came from. A complete adapter already at `{out}/{id}/` from the same
+description and checkpoint is returned as `exists` without generating it again; one from another
+description or checkpoint is a 409 conflict, never overwritten. Per-id locks keep concurrent requests in
+one replica from writing the same folder at once (replicas do not coordinate with each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+
+from fastapi import FastAPI
+from ray import serve
+
+from t2l_ray import adapters, storage
+from t2l_ray.config import ConfigError, from_dict, to_dict
+from t2l_ray.generator import check_adapter_id
+from t2l_ray.serve.api import build_api
+from t2l_ray.serve.config import RECONFIGURABLE, ServeConfig
+from t2l_ray.serve.gate import TOKEN_ENV, ApiError, bearer_matches, token_digest
+from t2l_ray.serve.jobs import Job, Outcome, jobs_for, render_isolated
+from t2l_ray.serve.locks import KeyedLocks
+from t2l_ray.serve.schema import AdapterInfo, AdapterResult, CreateAdaptersRequest, CreateAdaptersResponse, ServiceInfo
+
+
+def _device() -> str:
+    """cuda when Ray gave this replica a GPU (num_gpus, from the config or a Serve config override)."""
+    import ray
+
+    try:
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU") or []
+    except Exception:  # noqa: BLE001 - outside a Ray worker
+        gpus = []
+    if not gpus:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"Ray assigned GPU(s) {gpus} to this replica but torch sees no CUDA device")
+    return "cuda"
+
+
+@serve.deployment(name="AdapterService")
+@serve.ingress()
+class AdapterService:
+    """One replica: the checkpoint's hypernet and encoder, a batching queue, the store at `out`."""
+
+    def __init__(self, checkpoint: str, out: str, config: dict, token_sha256: str | None = None):
+        from transformers.utils import logging as hf_logging
+
+        from t2l_ray.checkpoint import load_checkpoint
+        from t2l_ray.encoders import load_encoder
+        from t2l_ray.generator import Generator
+
+        hf_logging.disable_progress_bar()
+        self.config = from_dict(ServeConfig, config, "ServeConfig")
+        self.checkpoint_uri, self.out = checkpoint, out
+        self.device = _device()
+        loaded = load_checkpoint(checkpoint, device=self.device)
+        self.generator = Generator(loaded, encoder=load_encoder(loaded.encoder, device=self.device), dtype=self.config.dtype)
+        own = os.environ.get(TOKEN_ENV) or None
+        self._token_sha256 = token_sha256 or (token_digest(own) if own else None)
+        self._locks = KeyedLocks()
+        self.stats = {"batches": 0, "descriptions": 0, "largest_batch": 0, "written": 0}
+        self._apply_batching()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """A Serve `user_config` updates the batching and limit settings in place."""
+        unknown = sorted(set(user_config or {}) - set(RECONFIGURABLE))
+        if unknown:
+            raise ConfigError(f"user_config: unknown key(s) {unknown}; settable in place: {list(RECONFIGURABLE)}")
+        data = {**to_dict(self.config), **(user_config or {})}
+        config = from_dict(ServeConfig, data, "user_config")
+        config.check()
+        self.config = config
+        self._apply_batching()
+
+    def _apply_batching(self) -> None:
+        self.generate.set_max_batch_size(self.config.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+
+    def check_health(self) -> None:
+        if self.generator is None:
+            raise RuntimeError("the hypernet is not loaded")
+
+    def authorized(self, header: str | None) -> bool:
+        return bearer_matches(header, self._token_sha256)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def generate(self, jobs: list[Job]) -> list[Outcome]:
+        """All descriptions queued in this replica, across requests: one encoder pass, one hypernet forward."""
+        outcomes = await asyncio.to_thread(render_isolated, self.generator, jobs)
+        self.stats["batches"] += 1
+        self.stats["descriptions"] += len(jobs)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
+        return outcomes
+
+    # -- requests
+
+    async def _generate_all(self, jobs: list[Job]) -> dict[str, Outcome]:
+        outcomes = await asyncio.gather(*(self.generate(job) for job in jobs))
+        failed = [(job, o) for job, o in zip(jobs, outcomes) if o.error is not None]
+        if failed:
+            job, outcome = failed[0]
+            raise ApiError(500, f"generation failed for {len(failed)} of {len(jobs)} description(s); "
+                                f"first: id {job.adapter_id!r}: {outcome.error}")
+        return {job.adapter_id: outcome for job, outcome in zip(jobs, outcomes)}
+
+    async def create(self, body: CreateAdaptersRequest) -> CreateAdaptersResponse:
+        jobs = jobs_for(body, self.config, self.generator.checkpoint.sha256)
+        unique = list({job.adapter_id: job for job in jobs}.values())
+        sha = self.generator.checkpoint.sha256
+        results: dict[str, AdapterResult] = {}
+        if body.return_ == "inline":
+            outcomes = await self._generate_all(unique)
+            encoded = await asyncio.to_thread(
+                lambda: {i: {n: base64.b64encode(d).decode() for n, d in o.files.files.items()} for i, o in outcomes.items()}
+            )
+            for job in unique:
+                outcome = outcomes[job.adapter_id]
+                results[job.adapter_id] = self._result(job, "inline", None, outcome, files=encoded[job.adapter_id])
+            return CreateAdaptersResponse(adapters=[results[j.adapter_id] for j in jobs], checkpoint_sha256=sha)
+
+        folders = {job.adapter_id: storage.join(self.out, job.adapter_id) for job in unique}
+        async with self._locks.hold(list(folders)):
+            states = await asyncio.gather(*(
+                asyncio.to_thread(adapters.existing_adapter, folders[job.adapter_id], job.description, sha) for job in unique
+            ))
+            conflicts = [(job, state) for job, state in zip(unique, states) if state not in (None, adapters.SAME_ADAPTER)]
+            if conflicts:
+                detail = "; ".join(f"id {job.adapter_id!r}: {state}" for job, state in conflicts)
+                raise ApiError(409, f"conflict: {detail}")
+            for job, state in zip(unique, states):
+                if state == adapters.SAME_ADAPTER:
+                    results[job.adapter_id] = AdapterResult(id=job.adapter_id, status="exists", uri=folders[job.adapter_id],
+                                                            description=job.description)
+            todo = [job for job, state in zip(unique, states) if state is None]
+            outcomes = await self._generate_all(todo)
+            writes = await asyncio.gather(
+                *(asyncio.to_thread(adapters.write_adapter, folders[job.adapter_id], outcomes[job.adapter_id].files)
+                  for job in todo),
+                return_exceptions=True,
+            )
+        failed = [(job, error) for job, error in zip(todo, writes) if isinstance(error, BaseException)]
+        self.stats["written"] += len(todo) - len(failed)
+        if failed:
+            job, error = failed[0]
+            raise ApiError(500, f"writing {len(failed)} of {len(todo)} adapter(s) failed; first: "
+                                f"{folders[job.adapter_id]}: {type(error).__name__}: {error}")
+        for job in todo:
+            results[job.adapter_id] = self._result(job, "written", folders[job.adapter_id], outcomes[job.adapter_id])
+        return CreateAdaptersResponse(adapters=[results[j.adapter_id] for j in jobs], checkpoint_sha256=sha)
+
+    @staticmethod
+    def _result(job: Job, status: str, uri: str | None, outcome: Outcome, files: dict | None = None) -> AdapterResult:
+        weights = outcome.files.files[adapters.WEIGHTS_FILE]
+        return AdapterResult(id=job.adapter_id, status=status, uri=uri, description=job.description,
+                             weights_bytes=len(weights), sha256=hashlib.sha256(weights).hexdigest(),
+                             batch_size=outcome.batch_size, files=files)
+
+    async def describe(self, adapter_id: str) -> AdapterInfo:
+        try:
+            check_adapter_id(adapter_id)
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        folder = storage.join(self.out, adapter_id)
+
+        def read() -> AdapterInfo:
+            if not adapters.is_complete(folder):
+                raise ApiError(404, f"no adapter {adapter_id!r} at {folder} (missing or not complete yet)")
+            try:
+                meta = json.loads(storage.read_bytes(storage.join(folder, adapters.META_FILE)))
+                config = json.loads(storage.read_bytes(storage.join(folder, adapters.CONFIG_FILE)))
+            except (FileNotFoundError, json.JSONDecodeError) as error:
+                raise ApiError(500, f"{folder} is not a readable adapter: {error}") from None
+            keys = ("peft_type", "task_type", "base_model_name_or_path", "r", "lora_alpha", "use_rslora", "target_modules")
+            return AdapterInfo(id=adapter_id, uri=folder, meta=meta if isinstance(meta, dict) else {},
+                               config={k: config.get(k) for k in keys} if isinstance(config, dict) else {})
+
+        return await asyncio.to_thread(read)
+
+    def info(self) -> ServiceInfo:
+        model = self.generator.checkpoint.model
+        cfg = self.config
+        return ServiceInfo(
+            checkpoint=self.checkpoint_uri, checkpoint_sha256=self.generator.checkpoint.sha256,
+            encoder=self.generator.checkpoint.encoder, base_model=model.shapes.base_model, rank=model.config.rank,
+            target_modules=[m.name for m in model.shapes.modules], device=self.device, out=self.out,
+            limits={k: getattr(cfg, k) for k in RECONFIGURABLE},
+            stats=dict(self.stats),
+        )
