@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +28,9 @@ from t2l_ray import adapters, manifest, storage
 from t2l_ray.checkpoint import load_checkpoint, read_checkpoint_config
 from t2l_ray.config import doc
 from t2l_ray.encoders import load_encoder
-from t2l_ray.generator import check_adapter_id, content_id, render_embeddings
+from t2l_ray.generator import render_embeddings
 from t2l_ray.raycluster import ensure_ray, warn_unadvertised
+from t2l_ray.request_rule import IdClaims, RuleError, check_request, resolve_id, weights_digest
 
 LINE_KEYS = ("description", "id", "metadata")
 _GLOB_CHARS = set("*?[")
@@ -130,18 +130,14 @@ def parse_line(line: int, source: str, raw: bytes, max_chars: int) -> Request:
     if unknown:
         raise bad(f"unknown key(s) {unknown}; a line may have {list(LINE_KEYS)}")
     description = obj.get("description")
-    if description is None or (isinstance(description, str) and not description.strip()):
-        raise bad("'description' is missing or empty")
+    if description is None:
+        raise bad("'description' is missing")
     if not isinstance(description, str):
         raise bad(f"'description' must be a string, got {type(description).__name__}")
-    if len(description) > max_chars:
-        raise bad(f"description has {len(description)} characters; the limit is {max_chars} (max_chars)")
     given_id = obj.get("id")
-    if given_id is not None:
-        try:
-            check_adapter_id(given_id)
-        except ValueError as error:
-            raise bad(str(error)) from None
+    problems = check_request(description, given_id, max_chars)
+    if problems:
+        raise bad(str(problems[0][1]))
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise bad(f"'metadata' must be a JSON object, got {type(metadata).__name__}")
@@ -171,8 +167,7 @@ def _weights_digest(folder: str, known: dict[str, tuple[int, str]], adapter_id: 
     """(bytes, sha256) of a complete adapter's weights: from an earlier manifest row, else by reading them."""
     if adapter_id in known:
         return known[adapter_id]
-    data = storage.read_bytes(storage.join(folder, adapters.WEIGHTS_FILE))
-    return len(data), hashlib.sha256(data).hexdigest()
+    return weights_digest(storage.read_bytes(storage.join(folder, adapters.WEIGHTS_FILE)))
 
 
 def existing_row(request: Request, adapter_id: str, folder: str, checkpoint_sha: str,
@@ -200,7 +195,7 @@ def plan_run(files: list[str], out: str, checkpoint_sha: str, config: FactoryCon
     """Check every line, give each an id, and sort them into bad, repeated, already made and to make."""
     plan = Plan()
     bad: dict[int, dict] = {}
-    firsts: dict[str, Request] = {}  # adapter id -> the first line that asked for it
+    claims: IdClaims[Request] = IdClaims()  # adapter id -> the first line that asked for it
     primaries: list[tuple[Request, str]] = []
     for line, source, raw in read_lines(files):
         plan.lines = line
@@ -211,15 +206,14 @@ def plan_run(files: list[str], out: str, checkpoint_sha: str, config: FactoryCon
         except ValueError as error:
             bad[line] = manifest.manifest_row(line, "failed", error=str(error))
             continue
-        adapter_id = request.given_id or content_id(request.description, checkpoint_sha)
-        first = firsts.setdefault(adapter_id, request)
+        adapter_id = resolve_id(request.description, request.given_id, checkpoint_sha)
+        try:
+            first = claims.claim(adapter_id, request.description, f"line {line}", request)
+        except RuleError as error:
+            bad[line] = manifest.manifest_row(line, "failed", id=adapter_id, error=f"{source}: {error}")
+            continue
         if first is request:
             primaries.append((request, adapter_id))
-        elif first.description != request.description:
-            bad[line] = manifest.manifest_row(
-                line, "failed", id=adapter_id,
-                error=f"{source}: id {adapter_id!r} was given to line {first.line} with a different description",
-            )
         else:
             plan.followers.setdefault(first.line, []).append(request)
 
@@ -307,9 +301,9 @@ class GenerateActor:
                 status, error = "written", ""
             except Exception as exc:  # noqa: BLE001 - one failed write is a failed line, not a failed run
                 status, error = "failed", f"{source}: writing {uri} failed: {type(exc).__name__}: {exc}"
-            weights = files.files[adapters.WEIGHTS_FILE]
+            size, sha = weights_digest(files.files[adapters.WEIGHTS_FILE])
             rows.append({"line": int(line), "id": adapter_id, "status": status, "error": error, "uri": str(uri),
-                         "bytes": len(weights), "sha256": hashlib.sha256(weights).hexdigest()})
+                         "bytes": size, "sha256": sha})
         # Strings and counts only (no None): every block then has the same column types.
         return {key: [row[key] for row in rows] for key in rows[0]}
 

@@ -9,29 +9,12 @@ hypernet actors.
 
 from __future__ import annotations
 
-import hashlib
-import re
-
 import torch
 
 from t2l_ray import adapters
 from t2l_ray.checkpoint import HypernetCheckpoint, load_checkpoint
 from t2l_ray.encoders import TextEncoder, load_encoder
-
-ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,127}$")
-
-
-def check_adapter_id(adapter_id: str) -> str:
-    """Ids become folder names in shared stores: a strict pattern, so never `:`, `/` or `..`."""
-    if not isinstance(adapter_id, str) or not ID_PATTERN.match(adapter_id):
-        raise ValueError(f"invalid adapter id {adapter_id!r}: must match {ID_PATTERN.pattern}")
-    return adapter_id
-
-
-def content_id(description: str, checkpoint_sha256: str) -> str:
-    """The id of an adapter given no id: a hash of what determines its weights."""
-    digest = hashlib.sha256(f"{checkpoint_sha256}\0{description}".encode()).hexdigest()
-    return f"t2l-{digest[:24]}"
+from t2l_ray.request_rule import content_id
 
 
 class Generator:

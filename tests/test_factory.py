@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from t2l_ray import adapters, checkpoint, manifest, storage
 from t2l_ray.cli import app
 from t2l_ray.factory import FactoryConfig, input_files, parse_line, plan_run
-from t2l_ray.generator import Generator, content_id, render_embeddings
+from t2l_ray.generator import Generator, render_embeddings
+from t2l_ray.request_rule import content_id
 
 runner = CliRunner()
 GOOD = 200
@@ -41,7 +42,7 @@ def bad_lines(first_id: str) -> dict[int, tuple[str, str]]:
         3: ("{not json", "invalid JSON"),
         17: ("[1, 2]", "expected a JSON object"),
         40: (json.dumps({"id": "lonely"}), "'description' is missing"),
-        41: (json.dumps({"description": "   "}), "'description' is missing or empty"),
+        41: (json.dumps({"description": "   "}), "description is empty"),
         77: (json.dumps({"description": "x" * 4001}), "the limit is 4000"),
         90: (json.dumps({"description": "ok", "id": "a:b"}), "invalid adapter id"),
         120: (json.dumps({"description": "ok", "id": "a/b"}), "invalid adapter id"),
@@ -113,7 +114,9 @@ def batch_generate(*args: str):
     (b"\xff\xfe", "not valid UTF-8"),
     (b'"just a string"', "expected a JSON object, got str"),
     (b'{"description": 42}', "'description' must be a string"),
-    (b'{"description": ""}', "'description' is missing or empty"),
+    (b'{"description": ""}', "description is empty"),
+    (b'{"id": "x"}', "'description' is missing"),
+    (b'{"description": "a\\ud800"}', "not valid Unicode"),
     (b'{"description": "ok", "desc": "typo"}', "unknown key(s) ['desc']"),
     (b'{"description": "ok", "id": "Upper"}', "invalid adapter id"),
     (b'{"description": "ok", "id": 7}', "invalid adapter id"),

@@ -24,12 +24,13 @@ from typer.testing import CliRunner
 
 from t2l_ray import adapters, storage
 from t2l_ray.config import ConfigError
-from t2l_ray.generator import content_id
+from t2l_ray.request_rule import content_id
 from t2l_ray.serve import AdapterService, ServeConfig, build_app
 from t2l_ray.serve.config import RECONFIGURABLE, config_from_args
-from t2l_ray.serve.gate import token_digest
-from t2l_ray.serve.jobs import Job, render_isolated
+from t2l_ray.serve.gate import ApiError, token_digest
+from t2l_ray.serve.jobs import Job, jobs_for, render_isolated
 from t2l_ray.serve.locks import KeyedLocks
+from t2l_ray.serve.schema import CreateAdaptersRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t2l-test-" + secrets.token_hex(8)
@@ -79,6 +80,26 @@ def test_jobs_serve_yaml_is_a_serve_config():
     assert set(deployment["user_config"]) <= set(RECONFIGURABLE)
     assert deployment["max_ongoing_requests"] >= deployment["user_config"]["max_batch_size"]
     assert config["http_options"]["host"] == "127.0.0.1"
+
+
+def test_jobs_for_applies_the_request_rule_and_the_limits():
+    sha, cfg = "ab" * 32, ServeConfig(max_chars=10, max_descriptions=3)
+
+    def jobs(body: dict):
+        return jobs_for(CreateAdaptersRequest.model_validate(body), cfg, sha)
+
+    made = jobs({"items": [{"description": "a"}, {"description": "b", "id": "x"}, {"description": "a"}]})
+    assert [(j.description, j.adapter_id) for j in made] == [("a", content_id("a", sha)), ("b", "x"), ("a", content_id("a", sha))]
+    assert jobs({"description": "c", "id": "c"}) == [Job("c", "c")]
+    with pytest.raises(ApiError) as error:
+        jobs({"items": [{"description": " "}, {"description": "ok", "id": "Bad"}, {"description": "x" * 11}]})
+    assert error.value.status == 422
+    assert [(e["loc"], e["type"]) for e in error.value.errors] == [
+        ("items[0].description", "empty"), ("items[1].id", "adapter_id"), ("items[2].description", "too_long")]
+    with pytest.raises(ApiError, match=r"items\[1\]: id 's' is given twice: first at items\[0\] with a different"):
+        jobs({"items": [{"description": "a", "id": "s"}, {"description": "b", "id": "s"}]})
+    with pytest.raises(ApiError, match="the limit is 3 per request"):
+        jobs({"items": [{"description": "a"}] * 4})
 
 
 class FlakyGenerator:

@@ -121,7 +121,8 @@ def generate(
 ):
     """Generate one adapter folder from a description."""
     from t2l_ray import adapters, storage
-    from t2l_ray.generator import Generator, check_adapter_id, content_id
+    from t2l_ray.generator import Generator
+    from t2l_ray.request_rule import check_adapter_id, content_id
 
     if not description.strip():
         fail("--description is empty")

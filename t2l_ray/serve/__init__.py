@@ -20,17 +20,17 @@ descriptions and the id rule (422). When `T2L_API_TOKEN` is set, every `/v1/` ro
 a replica without one reads `T2L_API_TOKEN` from its own environment (a KubeRay secret, or `env_vars`).
 Failures inside a batch fail only the requests whose descriptions failed (the batch is retried one by one).
 
-Ids follow the factory: a given id must match `[a-z0-9][a-z0-9_-]{0,127}`, else it is `t2l-` + a hash of
-(description, checkpoint). A complete adapter already at `{out}/{id}/` from the same description and
-checkpoint is returned as `exists` without generating it again; one from another description or checkpoint
-is a 409 conflict, never overwritten. Per-id locks keep concurrent requests in one replica from writing
+Descriptions and ids follow the factory's rule (`t2l_ray.request_rule`): a given id must match
+`[a-z0-9][a-z0-9_-]{0,127}`, else it is `t2l-` + a hash of (description, checkpoint). A complete adapter
+already at `{out}/{id}/` from the same description and checkpoint is returned as `exists` without generating
+it again; one from another description or checkpoint is a 409 conflict, never overwritten. Per-id locks keep concurrent requests in one replica from writing
 the same folder at once (replicas do not coordinate with each other).
 
 The package, one job per module:
 - `config`      ServeConfig (YAML, `--set`, build_app args) and the settings a `user_config` changes in place;
 - `schema`      request and response bodies (pydantic), as `/openapi.json` shows them;
 - `gate`        ASGI gate (bearer token, body cap) and the error handlers; `v1_router()` for token routes;
-- `jobs`        a request -> one Job per description (limits, the request rule), batches rendered in isolation;
+- `jobs`        a request -> one Job per description (limits, `request_rule`), batches rendered in isolation;
 - `routes`      the health and adapter routers; `api` composes the gate and `api.ROUTERS` into one FastAPI app;
 - `deployment`  AdapterService: holds the Generator, the `@serve.batch` queue and the store;
 - `app`         `build_app`, the Serve application builder.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 
@@ -22,7 +21,7 @@ from ray import serve
 
 from t2l_ray import adapters, storage
 from t2l_ray.config import ConfigError, from_dict, to_dict
-from t2l_ray.generator import check_adapter_id
+from t2l_ray.request_rule import check_adapter_id, weights_digest
 from t2l_ray.serve.api import build_api
 from t2l_ray.serve.config import RECONFIGURABLE, ServeConfig
 from t2l_ray.serve.gate import TOKEN_ENV, ApiError, bearer_matches, token_digest
@@ -164,10 +163,9 @@ class AdapterService:
 
     @staticmethod
     def _result(job: Job, status: str, uri: str | None, outcome: Outcome, files: dict | None = None) -> AdapterResult:
-        weights = outcome.files.files[adapters.WEIGHTS_FILE]
+        size, sha = weights_digest(outcome.files.files[adapters.WEIGHTS_FILE])
         return AdapterResult(id=job.adapter_id, status=status, uri=uri, description=job.description,
-                             weights_bytes=len(weights), sha256=hashlib.sha256(weights).hexdigest(),
-                             batch_size=outcome.batch_size, files=files)
+                             weights_bytes=size, sha256=sha, batch_size=outcome.batch_size, files=files)
 
     async def describe(self, adapter_id: str) -> AdapterInfo:
         try:

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from t2l_ray import adapters
-from t2l_ray.generator import check_adapter_id, content_id
+from t2l_ray.request_rule import IdClaims, RuleError, check_request, resolve_id
 from t2l_ray.serve.config import ServeConfig
 from t2l_ray.serve.gate import ApiError
 from t2l_ray.serve.schema import CreateAdaptersRequest
@@ -63,33 +63,16 @@ def jobs_for(body: CreateAdaptersRequest, cfg: ServeConfig, sha: str) -> list[Jo
     if body.return_ == "inline" and len(entries) > cfg.max_inline_descriptions:
         raise ApiError(422, f"invalid request: {len(entries)} descriptions with return=inline; the limit is "
                             f"{cfg.max_inline_descriptions} (max_inline_descriptions)")
-    errors, jobs = [], []
-    for where, text, given in entries:
-        prefix = f"{where}." if where else ""
-        if not text.strip():
-            errors.append({"loc": prefix + "description", "msg": "description is empty", "type": "empty"})
-        elif len(text) > cfg.max_chars:
-            errors.append({"loc": prefix + "description", "type": "too_long",
-                           "msg": f"description has {len(text)} characters; the limit is {cfg.max_chars} (max_chars)"})
-        else:
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                errors.append({"loc": prefix + "description", "type": "unicode",
-                               "msg": "description is not valid Unicode (lone surrogate)"})
-        if given is not None:
-            try:
-                check_adapter_id(given)
-            except ValueError as error:
-                errors.append({"loc": prefix + "id", "msg": str(error), "type": "adapter_id"})
-        jobs.append(Job(text, given or (content_id(text, sha) if not errors else "")))
+    errors = [{"loc": f"{where}.{field}" if where else field, "msg": str(error), "type": error.kind}
+              for where, text, given in entries for field, error in check_request(text, given, cfg.max_chars)]
     if errors:
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors)
         raise ApiError(422, f"invalid request: {detail}", errors)
-    first: dict[str, Job] = {}
+    jobs = [Job(text, resolve_id(text, given, sha)) for _, text, given in entries]
+    claims: IdClaims[Job] = IdClaims()
     for (where, _, _), job in zip(entries, jobs):
-        seen = first.setdefault(job.adapter_id, job)
-        if seen.description != job.description:
-            raise ApiError(422, f"invalid request: {where or 'id'}: id {job.adapter_id!r} is given twice with "
-                                "different descriptions")
+        try:
+            claims.claim(job.adapter_id, job.description, where or "description", job)
+        except RuleError as error:
+            raise ApiError(422, f"invalid request: {where or 'id'}: {error}") from None
     return jobs
