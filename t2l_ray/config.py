@@ -109,17 +109,20 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     return cls(**kwargs)
 
 
+def _plain(value: Any) -> Any:
+    """Lists, dicts and scalars only: dataclasses become dicts, tuples lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
     """A plain, YAML- and JSON-ready dict of a config (tuples become lists)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(obj))
+    return _plain(obj)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -173,21 +176,28 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data, where)
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, doc) for every field, nested sections flattened; used for `--help` text."""
+def describe(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, value, doc) for every field, nested sections flattened; `t2l-ray config` prints them.
+
+    `config` is a config class (values are the defaults; `dataclasses.MISSING` where a field has none) or an
+    instance (its own values). Values are plain, as `to_dict` gives them.
+    """
+    cls = config if isinstance(config, type) else type(config)
     rows = []
     types_by_name = _field_types(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = types_by_name[f.name]
-        if _is_dataclass_type(tp):
-            rows.extend(describe(tp, key + "."))
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
+        if not isinstance(config, type):
+            value = getattr(config, f.name)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
         elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
+            value = f.default_factory()
         else:
-            default = "(required)"
-        rows.append((key, default, f.metadata.get("doc", "")))
+            value = dataclasses.MISSING
+        if _is_dataclass_type(tp):
+            rows.extend(describe(tp if isinstance(config, type) else value, key + "."))
+            continue
+        rows.append((key, value if value is dataclasses.MISSING else _plain(value), f.metadata.get("doc", "")))
     return rows

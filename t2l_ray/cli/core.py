@@ -7,8 +7,6 @@ from typing import Optional
 
 import typer
 
-from t2l_ray.cli.app import app
-
 VariantOption = typer.Option("L", "--variant", help="Hypernet variant: L, M or S.")
 
 
@@ -52,7 +50,6 @@ def _shapes(base_model: str, target_modules: list[str]):
         fail(str(error))
 
 
-@app.command()
 def info(
     base_model: str = typer.Option(..., "--base-model", help="Preset name, config.json / folder, or hub name."),
     variant: str = VariantOption,
@@ -92,7 +89,6 @@ def info(
     typer.echo(f"adapter         {adapter_params:,} parameters, {adapter_params * 2:,} bytes in bf16")
 
 
-@app.command("init-checkpoint")
 def init_checkpoint(
     base_model: str = typer.Option(..., "--base-model", help="Preset name, config.json / folder, or hub name."),
     out: str = typer.Option(..., "--out", help="Where to write the checkpoint folder (path or URI)."),
@@ -111,7 +107,6 @@ def init_checkpoint(
     typer.echo(f"wrote untrained T2L-{config.variant} checkpoint for {shapes.base_model} to {out} (sha256 {sha[:12]})")
 
 
-@app.command()
 def generate(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI)."),
     description: str = typer.Option(..., "--description", help="Plain-text task description."),
@@ -142,7 +137,6 @@ def generate(
     typer.echo(f"wrote adapter {adapter_id} ({files.weights_bytes:,} weight bytes) to {target}")
 
 
-@app.command("validate-adapter")
 def validate_adapter(
     path: str = typer.Argument(..., help="Adapter folder (path or URI)."),
     max_lora_rank: Optional[int] = typer.Option(None, "--max-lora-rank", help="Largest rank the server accepts."),

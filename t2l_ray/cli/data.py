@@ -7,14 +7,9 @@ from typing import Optional
 
 import typer
 
-from t2l_ray.cli.app import app
 from t2l_ray.cli.core import fail
 
-data_app = typer.Typer(name="data", help="Inspect training data sources.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
-
-@data_app.command()
 def inspect(
     source: str = typer.Argument(..., help="A folder of SNI task files, or 'suite' for the generated demo suite."),
     descriptions: Optional[str] = typer.Option(

@@ -6,11 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from t2l_ray.cli.app import app
 from t2l_ray.cli.core import fail, load_checked
 
 
-@app.command("eval")
 def eval_command(
     config: Optional[str] = typer.Option(None, "--config", help="Eval YAML (see jobs/eval.yaml)."),
     overrides: List[str] = typer.Option([], "--set", help="Override a field: --set run.limit=20 (repeatable)."),

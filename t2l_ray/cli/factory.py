@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 
-from t2l_ray.cli.app import app
 from t2l_ray.cli.core import fail, load_checked
 
 _SHOWN_FAILURES = 20
@@ -34,7 +33,6 @@ def _print_summary(summary, out: str) -> None:
         typer.echo(f"... and {len(summary.failures) - _SHOWN_FAILURES} more failed lines (see the manifest)", err=True)
 
 
-@app.command("batch-generate")
 def batch_generate(
     input_spec: str = typer.Argument(..., metavar="INPUT",
                                      help="JSONL file, folder of .jsonl, glob, or URI; one {description, id?, metadata?} per line."),

@@ -9,7 +9,6 @@ from typing import Optional
 
 import typer
 
-from t2l_ray.cli.app import app
 from t2l_ray.cli.core import fail, load_checked
 
 
@@ -18,7 +17,6 @@ def _url(host: str, port: int, route_prefix: str) -> str:
     return f"http://{shown}:{port}{route_prefix.rstrip('/')}"
 
 
-@app.command("serve")
 def serve_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI)."),
     out: str = typer.Option(..., "--out", help="Store for adapters: POST /v1/adapters writes OUT/ID/."),

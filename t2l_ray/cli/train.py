@@ -6,10 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from t2l_ray.cli.app import app
 
-
-@app.command()
 def train(
     config: Optional[str] = typer.Option(None, "--config", help="Recipe YAML (see jobs/)."),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe field: --set optim.lr=1e-4 (repeatable)."),
@@ -27,7 +24,6 @@ def train(
     typer.echo(f"run_dir: {run_dir}")
 
 
-@app.command()
 def plot(
     run_dir: str = typer.Argument(..., help="Run folder (path or URI) with a metrics.jsonl."),
     out: Optional[str] = typer.Option(None, "--out", help="PNG path or URI (default RUN_DIR/loss.png)."),

@@ -6,10 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from t2l_ray.cli.app import app
 
-
-@app.command("train-lora")
 def train_lora(
     config: Optional[str] = typer.Option(None, "--config", help="Recipe YAML (see jobs/); its `baseline` section, if any, applies."),
     overrides: List[str] = typer.Option([], "--set", help="Override a recipe field: --set baseline.lr=3e-3 (repeatable)."),
