@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # The venv first on PATH: DeepSpeed JIT-builds ops with the first `ninja` found, and a different ninja in
-# another process invalidates the cached build (see t2l_ray/train/common.py: pin_build_tools).
+# another process invalidates the cached build (see t2l_ray/train/engine.py: pin_build_tools).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo test test-fast bench clean

@@ -134,10 +134,21 @@ def bar_chart(table: dict) -> bytes:
     return buffer.getvalue()
 
 
+def write_predictions(result) -> dict[str, str]:
+    """`predictions/{set}/{task}.jsonl`: every example's prediction (or choice log-probs) and its scores."""
+    written = {}
+    for (row, task), cell in sorted(result.cells.items()):
+        if "error" in cell:
+            continue
+        uri = storage.join(result.config.run.output_dir, "predictions", row, f"{task}.jsonl")
+        lines = [json.dumps(p, ensure_ascii=False) for p in cell.get("predictions", [])]
+        storage.write_text(uri, "".join(line + "\n" for line in lines))
+        written[f"{row}/{task}"] = uri
+    return written
+
+
 def write_report(result) -> dict[str, str]:
     """Write results.md, results.json, results.png and predictions/ under the run's output_dir; returns URIs."""
-    from t2l_ray.eval.runner import write_predictions
-
     out = result.config.run.output_dir
     table = build_table(result)
     files = {

@@ -12,7 +12,6 @@ Results come back to the driver, which writes `predictions/{set}/{task}.jsonl` a
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -25,6 +24,7 @@ from t2l_ray import adapters, storage
 from t2l_ray.config import to_dict
 from t2l_ray.eval import metrics
 from t2l_ray.eval.config import BASE_ROW, EvalConfig, EvalModelConfig, EvalRunConfig
+from t2l_ray.eval.report import write_report
 from t2l_ray.eval.tasks import EvalTask, benchmark_task, sni_tasks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -317,7 +317,6 @@ def run_eval(cfg: EvalConfig, on_item=None, on_plan=None) -> EvalResult:
     """
     from ray.util import ActorPool
 
-    from t2l_ray.eval.report import write_report
     from t2l_ray.raycluster import ensure_ray
 
     cfg.check()
@@ -360,19 +359,6 @@ def run_eval(cfg: EvalConfig, on_item=None, on_plan=None) -> EvalResult:
     result.seconds = time.time() - started
     result.files = write_report(result)
     return result
-
-
-def write_predictions(result: EvalResult) -> dict[str, str]:
-    """`predictions/{set}/{task}.jsonl`: every example's prediction (or choice log-probs) and its scores."""
-    written = {}
-    for (row, task), cell in sorted(result.cells.items()):
-        if "error" in cell:
-            continue
-        uri = storage.join(result.config.run.output_dir, "predictions", row, f"{task}.jsonl")
-        lines = [json.dumps(p, ensure_ascii=False) for p in cell.get("predictions", [])]
-        storage.write_text(uri, "".join(line + "\n" for line in lines))
-        written[f"{row}/{task}"] = uri
-    return written
 
 
 __all__ = ["EvalResult", "EvalWorker", "run_eval", "score_task", "resolve_adapters", "load_tasks"]

@@ -242,11 +242,9 @@ def _free_port() -> int:
 def oracle_job(config: dict, jobs: list[dict]) -> list[dict]:
     """One Ray task: trains the LoRAs of `jobs` one after another in a single-process DeepSpeed engine."""
     cfg = from_dict(BaselineRecipe, config["recipe"])
-    from t2l_ray.train.common import pin_build_tools
     from t2l_ray.train.engine import set_cpu_accelerator_env
 
     set_cpu_accelerator_env(cfg.run.use_gpu)
-    pin_build_tools()
     import deepspeed
     import torch.distributed as dist
 
@@ -340,11 +338,9 @@ def multitask_loop_per_worker(config: dict) -> None:
     import ray
 
     cfg = from_dict(BaselineRecipe, config["recipe"])
-    from t2l_ray.train.common import pin_build_tools
     from t2l_ray.train.engine import set_cpu_accelerator_env
 
     set_cpu_accelerator_env(cfg.run.use_gpu)
-    pin_build_tools()
     import ray.train
     import ray.train.torch
 

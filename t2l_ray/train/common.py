@@ -33,22 +33,6 @@ STATE_FILE = "trainer_state.json"
 # ---------------------------------------------------------------------------------------------- worker side
 
 
-def pin_build_tools() -> None:
-    """Put this interpreter's bin folder first on PATH, before DeepSpeed JIT-loads its C++ ops.
-
-    DeepSpeed's CPU ops build with `ninja` in a shared cache (~/.cache/torch_extensions). The venv ships
-    ninja 1.13 and the system has 1.11; they hash build commands differently, so processes that find
-    different ninjas on PATH (a shell with the venv activated vs not; Ray workers inherit either) each see
-    the other's build as stale and recompile (about a minute of both cores, every time). One ninja for
-    every process ends that."""
-    import sys
-
-    folder = os.path.dirname(sys.executable)
-    parts = os.environ.get("PATH", "").split(os.pathsep)
-    if parts[0] != folder:
-        os.environ["PATH"] = os.pathsep.join([folder, *[p for p in parts if p != folder]])
-
-
 class MetricsLog:
     """`{run}/metrics.jsonl`, rewritten whole on each log so it works on object stores (no appends there)."""
 

@@ -9,6 +9,7 @@ that Ray Train sets up; features the CPU accelerator cannot run are refused by `
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -47,9 +48,21 @@ def set_cpu_accelerator_env(use_gpu: bool) -> None:
     with the first `ninja` on PATH (every process must find the same one, see `pin_build_tools`)."""
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from t2l_ray.train.common import pin_build_tools
-
     pin_build_tools()
+
+
+def pin_build_tools() -> None:
+    """Put this interpreter's bin folder first on PATH, before DeepSpeed JIT-loads its C++ ops.
+
+    DeepSpeed's CPU ops build with `ninja` in a shared cache (~/.cache/torch_extensions). The venv ships
+    ninja 1.13 and the system has 1.11; they hash build commands differently, so processes that find
+    different ninjas on PATH (a shell with the venv activated vs not; Ray workers inherit either) each see
+    the other's build as stale and recompile (about a minute of both cores, every time). One ninja for
+    every process ends that."""
+    folder = os.path.dirname(sys.executable)
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if parts[0] != folder:
+        os.environ["PATH"] = os.pathsep.join([folder, *[p for p in parts if p != folder]])
 
 
 def build_engine(hypernet: torch.nn.Module, cfg: TrainConfig, world_size: int):

@@ -266,11 +266,9 @@ def load_embeddings(uri: str, encoder: str, descriptions: dict[str, list[str]]) 
 def recon_loop_per_worker(config: dict) -> None:
     """Ray Train worker: the hypernet in a DeepSpeed engine, L1 against library LoRAs, checkpoints as SFT."""
     cfg = from_dict(TrainConfig, config["train"])
-    from t2l_ray.train.common import pin_build_tools
     from t2l_ray.train.engine import set_cpu_accelerator_env
 
     set_cpu_accelerator_env(cfg.run.use_gpu)
-    pin_build_tools()
     import ray.train
     import ray.train.torch
 
