@@ -23,8 +23,8 @@ Failures inside a batch fail only the requests whose descriptions failed (the ba
 Descriptions and ids follow the factory's rule (`t2l_ray.request_rule`): a given id must match
 `[a-z0-9][a-z0-9_-]{0,127}`, else it is `t2l-` + a hash of (description, checkpoint). A complete adapter
 already at `{out}/{id}/` from the same description and checkpoint is returned as `exists` without generating
-it again; one from another description or checkpoint is a 409 conflict, never overwritten. Per-id locks keep concurrent requests in one replica from writing
-the same folder at once (replicas do not coordinate with each other).
+it again; one from another description or checkpoint is a 409 conflict, never overwritten. Per-id locks keep
+concurrent requests in one replica from writing the same folder at once (replicas do not coordinate).
 
 The package, one job per module:
 - `config`      ServeConfig (YAML, `--set`, build_app args) and the settings a `user_config` changes in place;
