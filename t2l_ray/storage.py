@@ -12,8 +12,10 @@ import errno
 import functools
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -192,3 +194,29 @@ def delete(uri: str) -> None:
         fs.delete_dir(path)
     elif kind == pafs.FileType.File:
         fs.delete_file(path)
+
+
+def local_copy(uri: str, scratch: str, suffix: str = "") -> str:
+    """A local path for a file or a flat folder that a library reads from disk (task files, a tokenizer, an adapter).
+
+    A local `uri` is its own path: nothing is copied. Otherwise it is copied into a new folder under `scratch`
+    (which must exist), under its own name: the file, or the folder's files whose names end in `suffix`
+    (subfolders and hidden files, such as another writer's temp files, are left out). Every call copies into a
+    folder of its own, so two URIs with the same name never overwrite each other.
+    """
+    fs, path = resolve(uri)
+    if not _is_object_store(fs):
+        return path
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(errno.ENOENT, "No such file or object", uri)
+    target = Path(tempfile.mkdtemp(prefix="copy-", dir=scratch), PurePosixPath(path).name)
+    if kind == pafs.FileType.File:
+        target.write_bytes(read_bytes(uri))
+        return str(target)
+    target.mkdir()
+    for entry in fs.get_file_info(pafs.FileSelector(path)):
+        name = entry.base_name
+        if entry.type == pafs.FileType.File and name.endswith(suffix) and not name.startswith("."):
+            target.joinpath(name).write_bytes(read_bytes(join(uri, name)))
+    return str(target)

@@ -6,6 +6,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -139,6 +140,32 @@ def test_list_dir(root):
         storage.write_bytes(storage.join(folder, name), b"x")
     assert storage.list_dir(folder) == ["a.txt", "b.txt", "sub"]
     assert storage.list_dir(storage.join(folder, "sub")) == ["c.txt"]
+
+
+def test_local_copy_of_a_file_and_a_flat_folder(root, tmp_path):
+    folder = storage.join(root, "tasks")
+    files = {"task1.json": b"one", "task2.json": b"two", "README.md": b"read me", ".task1.json.tmp-1": b"half",
+             "sub/task3.json": b"nested"}
+    for name, data in files.items():
+        storage.write_bytes(storage.join(folder, name), data)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    local_file = storage.local_copy(storage.join(folder, "task1.json"), str(scratch))
+    local_folder = storage.local_copy(folder, str(scratch))
+    json_only = storage.local_copy(folder, str(scratch), suffix=".json")
+    assert Path(local_file).read_bytes() == b"one" and Path(local_file).name == "task1.json"
+    if root.startswith("s3://"):  # copied, each call into a folder of its own under the scratch folder
+        assert all(Path(p).is_relative_to(scratch) for p in (local_file, local_folder, json_only))
+        assert len({Path(p).parent for p in (local_file, local_folder, json_only)}) == 3
+        assert Path(local_folder).name == "tasks"
+        assert sorted(p.name for p in Path(local_folder).iterdir()) == ["README.md", "task1.json", "task2.json"]
+        assert sorted(p.name for p in Path(json_only).iterdir()) == ["task1.json", "task2.json"]
+        assert Path(json_only, "task2.json").read_bytes() == b"two"
+        with pytest.raises(FileNotFoundError, match="absent"):
+            storage.local_copy(storage.join(root, "absent"), str(scratch))
+    else:  # a local store is read where it is: nothing copied
+        assert local_folder == json_only == storage.resolve(folder)[1]
+        assert list(scratch.iterdir()) == []
 
 
 def test_makedirs_then_write(root):

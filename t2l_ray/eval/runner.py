@@ -16,7 +16,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -37,12 +36,8 @@ def load_eval_tokenizer(model: EvalModelConfig, scratch: str):
     from t2l_ray.data.tokenizer import load_tokenizer
 
     source = model.tokenizer or model.name_or_path
-    if "://" in source:
-        target = Path(scratch, "tokenizer")
-        target.mkdir(parents=True, exist_ok=True)
-        for name in storage.list_dir(source):
-            (target / name).write_bytes(storage.read_bytes(storage.join(source, name)))
-        source = str(target)
+    if "://" in source:  # a storage URI; anything else is a local folder or a hub name
+        source = storage.local_copy(source, scratch)
     tokenizer = load_tokenizer(source)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -71,17 +66,6 @@ def build_eval_model(model: EvalModelConfig, vocab_size: int | None = None):
     for p in base.parameters():
         p.requires_grad_(False)
     return base.eval()
-
-
-def _local_adapter(uri: str, scratch: str) -> str:
-    fs, path = storage.resolve(uri)
-    if fs.type_name == "local":
-        return path
-    target = Path(tempfile.mkdtemp(dir=scratch))
-    for name in storage.list_dir(uri):
-        if not name.startswith("."):
-            (target / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
-    return str(target)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -208,7 +192,7 @@ class EvalWorker:
             if item.get("adapter"):
                 from peft import PeftModel
 
-                local = _local_adapter(item["adapter"], self.scratch)
+                local = storage.local_copy(item["adapter"], self.scratch)
                 peft_model = PeftModel.from_pretrained(self.base, local, is_trainable=False)
                 model = peft_model.eval()
             result.update(score_task(model, self.tokenizer, task, self.run))

@@ -78,7 +78,7 @@ def sni_tasks(source: str, names: list[str], split: str, limit: int, scratch: st
             raise ValueError(f"tasks.sni_tasks: {unknown} are not suite tasks; suite tasks: {sorted(by_name)}")
         chosen = [by_name[n] for n in names] if names else pool
     else:
-        folder = _local_folder(source, scratch, suffix=".json")
+        folder = storage.local_copy(source, scratch, suffix=".json")
         tasks, skipped = load_sni(folder, task_list=names or None)
         for item in skipped:
             print(f"eval: skipped {item.file}: {item.reason}")
@@ -189,7 +189,7 @@ def benchmark_rows(name: str, files: str, hub: dict[str, str], limit: int, scrat
         for suffix, builder in LOCAL_SUFFIXES.items():
             uri = storage.join(files, name + suffix)
             if storage.exists(uri):
-                local = _local_file(uri, scratch)
+                local = storage.local_copy(uri, scratch)
                 dataset = load_dataset(builder, data_files=local, split="train")
                 break
         else:
@@ -234,26 +234,3 @@ def benchmark_task(name: str, files: str, hub: dict[str, str], limit: int, scrat
 
 def _first(items: list, limit: int) -> list:
     return list(items) if limit <= 0 else list(items[:limit])
-
-
-def _local_file(uri: str, scratch: str) -> str:
-    fs, path = storage.resolve(uri)
-    if fs.type_name == "local":
-        return path
-    target = Path(scratch, "remote", Path(path).name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(storage.read_bytes(uri))
-    return str(target)
-
-
-def _local_folder(uri: str, scratch: str, suffix: str = "") -> str:
-    """A local path for a flat folder: itself when local, else a copy of its files (ending in `suffix`)."""
-    fs, path = storage.resolve(uri)
-    if fs.type_name == "local":
-        return path
-    target = Path(scratch, "remote", Path(path).name)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in storage.list_dir(uri):
-        if name.endswith(suffix):
-            (target / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
-    return str(target)

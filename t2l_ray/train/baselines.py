@@ -137,10 +137,9 @@ def task_rows(task, limit: int = 0, seed: int = 0) -> list[dict]:
 def local_tokenizer(source: str, scratch: str):
     """A tokenizer from a storage folder (copied locally first) or a hub name/local path."""
     from t2l_ray.data.tokenizer import load_tokenizer
-    from t2l_ray.train.common import local_copy
 
     if storage.exists(storage.join(source, "tokenizer_config.json")):
-        return load_tokenizer(local_copy(source, scratch))
+        return load_tokenizer(storage.local_copy(source, scratch))
     return load_tokenizer(source)
 
 

@@ -191,22 +191,6 @@ def fit_with_progress(trainer, run_dir: str, total_steps: int) -> float:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def local_copy(uri: str, scratch: str) -> str:
-    """A local path for a file or flat folder (task files, a tokenizer) that libraries read from disk."""
-    fs, path = storage.resolve(uri)
-    if fs.type_name == "local":
-        return path
-    target = Path(scratch, "remote", Path(path).name)
-    if not storage.is_dir(uri):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(uri))
-        return str(target)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in storage.list_dir(uri):
-        (target / name).write_bytes(storage.read_bytes(storage.join(uri, name)))
-    return str(target)
-
-
 def select_tasks(cfg, scratch: str):
     """The training tasks of a recipe and their descriptions: `(tasks, skipped, {task: [descriptions]})`.
 
@@ -220,20 +204,22 @@ def select_tasks(cfg, scratch: str):
     from t2l_ray.data.sni import load_sni
     from t2l_ray.data.suite import write_suite
 
-    descriptions = load_descriptions(local_copy(cfg.data.descriptions, scratch)) if cfg.data.descriptions else None
+    descriptions = None
+    if cfg.data.descriptions:
+        descriptions = load_descriptions(storage.local_copy(cfg.data.descriptions, scratch))
     source = cfg.data.source
     excluded = list(cfg.data.exclude) + list(cfg.data.heldout_tasks)
     if source.startswith(LOL_PREFIX):
         source = str(materialise_lol_source(source, Path(scratch, "lol")))
     elif source != "suite":
-        source = local_copy(source, scratch)
+        source = storage.local_copy(source, scratch)
     else:
         source = str(Path(scratch, "suite"))
         suite = write_suite(source, seed=cfg.data.suite_seed)
         descriptions = descriptions or suite.descriptions
         if not cfg.data.task_list:
             excluded += [t.name for t in suite.held_out]
-    task_list = local_copy(cfg.data.task_list, scratch) if cfg.data.task_list else None
+    task_list = storage.local_copy(cfg.data.task_list, scratch) if cfg.data.task_list else None
     tasks, skipped = load_sni(source, task_list=task_list, exclude=excluded or None)
     by_task = descriptions_for(tasks, descriptions)
     rng = random.Random(cfg.run.seed)
@@ -256,7 +242,7 @@ def prepare_tokenizer(cfg, tasks, run_dir: str, scratch: str) -> tuple[str, int]
         train_tokenizer(texts, local)
         for file in Path(local).iterdir():
             storage.write_bytes(storage.join(tokenizer_uri, file.name), file.read_bytes())
-    tokenizer_dir = local_copy(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
+    tokenizer_dir = storage.local_copy(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
     return tokenizer_dir, len(load_tokenizer(tokenizer_dir))
 
 

@@ -142,12 +142,11 @@ def load_targets(entry: LibraryEntry, shapes: BaseShapes, target_modules: list[s
 def select_library(cfg: TrainConfig, entries: dict[str, LibraryEntry]) -> dict[str, LibraryEntry]:
     """The library tasks to train on: `data.task_list` if set, minus `data.exclude` and `data.heldout_tasks`."""
     from t2l_ray.data.sni import read_task_names
-    from t2l_ray.train.common import local_copy
 
     names = sorted(entries)
     if cfg.data.task_list:
         with tempfile.TemporaryDirectory() as scratch:
-            wanted = read_task_names(local_copy(cfg.data.task_list, scratch))
+            wanted = read_task_names(storage.local_copy(cfg.data.task_list, scratch))
         missing = [n for n in wanted if n not in entries]
         if missing:
             raise LibraryError(f"tasks {missing[:5]} of {cfg.data.task_list} have no LoRA in {cfg.reconstruction.library}")
@@ -163,12 +162,11 @@ def library_descriptions(cfg: TrainConfig, entries: dict[str, LibraryEntry]) -> 
     """Task -> training descriptions: `data.descriptions` first, else the folder's meta; at most
     `data.descriptions_per_task`, sampled with the run seed."""
     from t2l_ray.data.descriptions import load_descriptions
-    from t2l_ray.train.common import local_copy
 
     mapping = {}
     if cfg.data.descriptions:
         with tempfile.TemporaryDirectory() as scratch:
-            mapping = load_descriptions(local_copy(cfg.data.descriptions, scratch)).train
+            mapping = load_descriptions(storage.local_copy(cfg.data.descriptions, scratch)).train
     rng = random.Random(cfg.run.seed)
     out, missing = {}, []
     for task, entry in sorted(entries.items()):
