@@ -1,9 +1,10 @@
+import re
 from dataclasses import dataclass, field
 
 import pytest
 
 from t2l_ray.config import ConfigError, describe, doc, load_config
-from t2l_ray.train.config import TrainConfig
+from t2l_ray.train.config import BaselineRecipe, TrainConfig
 
 
 @dataclass
@@ -60,6 +61,36 @@ def test_describe_lists_nested_fields_with_docs():
     assert rows["inner.lr"] == "learning rate" and "steps" in rows
 
 
+def test_describe_gives_defaults_for_a_class_and_values_for_an_instance():
+    defaults = {key: value for key, value, _ in describe(Outer)}
+    assert defaults == {"steps": 3, "inner.lr": 0.1, "inner.names": ["a"], "inner.amounts": {}}
+    values = {key: value for key, value, _ in describe(Outer(steps=5, inner=Inner(names=["x", "y"])))}
+    assert values == {"steps": 5, "inner.lr": 0.1, "inner.names": ["x", "y"], "inner.amounts": {}}
+
+
+@pytest.mark.parametrize("override,field", [
+    ("baseline.max_steps=0", "baseline.max_steps must be at least 1"),
+    ("baseline.batch_size=0", "baseline.batch_size must be at least 1"),
+    ("baseline.tasks_per_job=0", "baseline.tasks_per_job must be at least 1"),
+    ("baseline.log_every=0", "baseline.log_every must be at least 1"),
+    ("baseline.warmup_steps=-1", "baseline.warmup_steps must be 0 or more"),
+    ("baseline.multitask_steps=-5", "baseline.multitask_steps must be 0 or more"),
+    ("baseline.max_examples_per_task=-1", "baseline.max_examples_per_task must be 0 or more"),
+    ("baseline.lr=0", "baseline.lr must be > 0, not 0.0"),
+    ("baseline.cpus_per_job=-1", "baseline.cpus_per_job must be > 0, not -1.0"),
+    ("baseline.max_retries=-2", "baseline.max_retries must be -1 (no limit)"),
+    ("deepspeed.zero_stage=4", "zero_stage must be 0-3"),  # the training checks still apply
+])
+def test_baseline_settings_no_run_can_use_are_refused_naming_the_field(override, field):
+    config = load_config(BaselineRecipe, None, [override])
+    with pytest.raises(ValueError, match=re.escape(field)):
+        config.check()
+
+
+def test_baseline_defaults_and_unlimited_retries_pass():
+    load_config(BaselineRecipe, None, ["baseline.max_retries=-1", "baseline.multitask_steps=0"]).check()
+
+
 @pytest.mark.parametrize("override,reason", [
     ("deepspeed.offload_optimizer=true", "offload_optimizer"),
     ("run.backend=nccl", "nccl needs GPU workers"),
@@ -81,3 +112,12 @@ def test_the_cli_reports_a_refused_setting_without_starting_ray():
     recipe = str(Path(__file__).parent.parent / "jobs" / "demo_cpu.yaml")
     result = CliRunner().invoke(app, ["train", "--config", recipe, "--set", "deepspeed.offload_optimizer=true"])
     assert result.exit_code == 2 and "offload_optimizer" in result.output
+
+
+def test_train_lora_refuses_a_bad_baseline_setting_before_starting_ray():
+    from typer.testing import CliRunner
+
+    from t2l_ray.cli import app
+
+    result = CliRunner().invoke(app, ["train-lora", "--set", "baseline.batch_size=0"])
+    assert result.exit_code == 2 and "baseline.batch_size must be at least 1, not 0" in result.output

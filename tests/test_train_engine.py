@@ -19,7 +19,7 @@ def recipe(*overrides: str) -> TrainConfig:
 def test_bf16_reaches_deepspeed_and_the_base_weights(bf16):
     cfg = recipe(f"deepspeed.bf16={bf16}", "deepspeed.zero_stage=3", "optim.grad_accum=4", "optim.grad_clip=0.5",
                  "data.tasks_per_batch=8", "optim.lr=2e-4", "optim.warmup_steps=7", "optim.max_steps=90")
-    ds = deepspeed_config(cfg, world_size=2)
+    ds = deepspeed_config(cfg)
     assert ds["bf16"] == {"enabled": bf16} and ds["zero_optimization"] == {"stage": 3}
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 4
     assert ds["gradient_clipping"] == 0.5 and ds["optimizer"]["params"]["lr"] == 2e-4
@@ -30,6 +30,6 @@ def test_bf16_reaches_deepspeed_and_the_base_weights(bf16):
 
 
 def test_offload_adds_a_cpu_optimizer_offload():
-    ds = deepspeed_config(recipe("deepspeed.offload_optimizer=true", "run.use_gpu=true"), world_size=1)
+    ds = deepspeed_config(recipe("deepspeed.offload_optimizer=true", "run.use_gpu=true"))
     assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
-    assert "offload_optimizer" not in deepspeed_config(recipe(), world_size=1)["zero_optimization"]
+    assert "offload_optimizer" not in deepspeed_config(recipe())["zero_optimization"]

@@ -17,7 +17,7 @@ WIDTH = 110
 # The command whose settings to show -> (module, class): the config class that command reads `--config` with.
 RECIPES = {
     "train": ("t2l_ray.train.config", "TrainConfig"),
-    "train-lora": ("t2l_ray.train.baselines", "BaselineRecipe"),
+    "train-lora": ("t2l_ray.train.config", "BaselineRecipe"),
     "eval": ("t2l_ray.eval.config", "EvalConfig"),
     "batch-generate": ("t2l_ray.factory", "FactoryConfig"),
     "serve": ("t2l_ray.serve.config", "ServeConfig"),

@@ -1,7 +1,8 @@
 """LoRA baselines through the same DeepSpeed engine: task-specific ("oracle") LoRAs and one multi-task LoRA.
 
 `t2l-ray train-lora` reads the same recipe as `t2l-ray train` (base model, data, DeepSpeed, LoRA shape from
-`hypernet.rank/lora_alpha/use_rslora/target_modules`) plus the `baseline` section below, and writes
+`hypernet.rank/lora_alpha/use_rslora/target_modules`) plus the `baseline` section (`config.BaselineConfig`),
+and writes
 
     {out}/oracle/{task}/      one LoRA per training task   (mode oracle)
     {out}/multitask/          one LoRA over all of them    (mode multitask)
@@ -36,46 +37,15 @@ import re
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 
 from t2l_ray import adapters, storage
-from t2l_ray.config import doc, from_dict, to_dict
+from t2l_ray.config import from_dict, to_dict
 from t2l_ray.hypernet import LoraWeights
 from t2l_ray.shapes import BaseShapes
-from t2l_ray.train.config import TrainConfig
+from t2l_ray.train.config import BaselineConfig, BaselineRecipe, TrainConfig
 
-Mode = Literal["oracle", "multitask", "both"]
 LIVE_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)\.[\w-]+\.weight$")
-
-
-@dataclass
-class BaselineConfig:
-    """`t2l-ray train-lora`: how the oracle and multi-task LoRAs are trained."""
-
-    mode: Mode = doc("oracle: one LoRA per training task; multitask: one over all of them; both.", "oracle")
-    output_dir: str = doc("Where the LoRAs go (path or URI); empty = {run.output_dir}/baselines.", "")
-    lr: float = doc("Peak learning rate of a LoRA (warmup, then linear decay).", 1e-4)
-    max_steps: int = doc("Optimizer steps per LoRA (oracle: each task's; multitask: the one LoRA's).", 200)
-    multitask_steps: int = doc("Optimizer steps of the multi-task LoRA; 0 = max_steps.", 0)
-    warmup_steps: int = doc("Linear warmup steps.", 10)
-    batch_size: int = doc("Examples per micro-batch (per worker for the multi-task run).", 8)
-    max_examples_per_task: int = doc("Use at most this many examples of a task (sampled with the seed); 0 = all.", 0)
-    tasks_per_job: int = doc("Oracle LoRAs trained one after another in one Ray task (one process).", 8)
-    cpus_per_job: float = doc("CPUs each oracle Ray task asks for (GPU runs also take one GPU each).", 1.0)
-    max_retries: int = doc("Retries of an oracle Ray task whose worker died (finished adapters are kept).", 2)
-    log_every: int = doc("Log the loss every N steps.", 10)
-    dtype: Literal["bfloat16", "float32"] = doc("Tensor dtype of the written adapters.", "bfloat16")
-    seed: int = doc("Seed of the LoRA inits and the example sampling.", 0)
-
-
-@dataclass
-class BaselineRecipe(TrainConfig):
-    """A training recipe plus the `baseline` section (`t2l-ray train-lora` reads recipes with this class)."""
-
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 def lora_engine_config(cfg: BaselineRecipe, steps: int) -> BaselineRecipe:
@@ -171,8 +141,7 @@ def lora_weights(engine, shapes: BaseShapes, modules: list[str]) -> LoraWeights:
     return out
 
 
-def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, seed_key: str, world: int, rank: int,
-               log=None):
+def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, seed_key: str, rank: int, log=None):
     """Train one PEFT LoRA on `base` in a DeepSpeed engine; returns (engine, history). The caller extracts the
     weights (`lora_weights`), then calls `engine.destroy()` and `engine.module.unload()` to get `base` back."""
     from peft import get_peft_model
@@ -185,7 +154,7 @@ def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, see
     torch.manual_seed(_seed(b.seed, seed_key))  # the same LoRA init on every rank
     model = get_peft_model(base, peft_lora_config(cfg))
     engine_cfg = lora_engine_config(cfg, steps)
-    engine, _, scheduler = build_engine(model, engine_cfg, world)
+    engine, _, scheduler = build_engine(model, engine_cfg)
     torch.manual_seed(_seed(b.seed, f"{seed_key}:noise:{rank}"))
     device = next(p for p in engine.module.parameters() if p.requires_grad).device
     history, losses, started = [], [], time.perf_counter()
@@ -269,7 +238,7 @@ def oracle_job(config: dict, jobs: list[dict]) -> list[dict]:
             if base is None:
                 base = build_base_model(cfg, device)
             steps = cfg.baseline.max_steps
-            engine, history = train_lora(cfg, base, examples, steps=steps, seed_key=f"oracle:{job['task']}", world=1, rank=0)
+            engine, history = train_lora(cfg, base, examples, steps=steps, seed_key=f"oracle:{job['task']}", rank=0)
             weights = lora_weights(engine, shapes, list(cfg.hypernet.target_modules))
             stage3 = engine.zero_optimization_stage() == 3
             engine.destroy()
@@ -363,7 +332,7 @@ def multitask_loop_per_worker(config: dict) -> None:
         tokenizer = local_tokenizer(config["tokenizer"], scratch)
         examples = Examples(rows[rank::world], tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
     base = build_base_model(cfg, device)
-    engine, history = train_lora(cfg, base, examples, steps=steps, seed_key="multitask", world=world, rank=rank, log=log)
+    engine, history = train_lora(cfg, base, examples, steps=steps, seed_key="multitask", rank=rank, log=log)
     weights = lora_weights(engine, shapes, list(cfg.hypernet.target_modules))
     if rank == 0:
         tasks = sorted({r["task"] for r in rows})
@@ -412,8 +381,6 @@ def run_baselines(cfg: BaselineRecipe) -> str:
 
     cfg.check()
     b = cfg.baseline
-    if b.max_steps < 1 or b.batch_size < 1 or b.tasks_per_job < 1:
-        raise ValueError("baseline.max_steps, baseline.batch_size and baseline.tasks_per_job must be at least 1")
     ensure_ray()
     out = default_output_dir(cfg)
     storage.makedirs(out)

@@ -109,3 +109,50 @@ class TrainConfig:
             raise ValueError("data.tasks_per_batch and optim.max_steps must be at least 1")
         if self.objective == "reconstruction" and not self.reconstruction.library:
             raise ValueError("objective=reconstruction needs reconstruction.library (a folder of LoRA folders)")
+
+
+@dataclass
+class BaselineConfig:
+    """`t2l-ray train-lora`: how the oracle and multi-task LoRAs are trained."""
+
+    mode: Literal["oracle", "multitask", "both"] = doc(
+        "oracle: one LoRA per training task; multitask: one over all of them; both.", "oracle")
+    output_dir: str = doc("Where the LoRAs go (path or URI); empty = {run.output_dir}/baselines.", "")
+    lr: float = doc("Peak learning rate of a LoRA (warmup, then linear decay).", 1e-4)
+    max_steps: int = doc("Optimizer steps per LoRA (oracle: each task's; multitask: the one LoRA's).", 200)
+    multitask_steps: int = doc("Optimizer steps of the multi-task LoRA; 0 = max_steps.", 0)
+    warmup_steps: int = doc("Linear warmup steps.", 10)
+    batch_size: int = doc("Examples per micro-batch (per worker for the multi-task run).", 8)
+    max_examples_per_task: int = doc("Use at most this many examples of a task (sampled with the seed); 0 = all.", 0)
+    tasks_per_job: int = doc("Oracle LoRAs trained one after another in one Ray task (one process).", 8)
+    cpus_per_job: float = doc("CPUs each oracle Ray task asks for (GPU runs also take one GPU each).", 1.0)
+    max_retries: int = doc(
+        "Retries of an oracle Ray task whose worker died (finished adapters are kept); -1: no limit.", 2)
+    log_every: int = doc("Log the loss every N steps.", 10)
+    dtype: Literal["bfloat16", "float32"] = doc("Tensor dtype of the written adapters.", "bfloat16")
+    seed: int = doc("Seed of the LoRA inits and the example sampling.", 0)
+
+    def check(self) -> None:
+        """Refuse values no run can use, naming the field."""
+        for name in ("max_steps", "batch_size", "tasks_per_job", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"baseline.{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("multitask_steps", "warmup_steps", "max_examples_per_task"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"baseline.{name} must be 0 or more, not {getattr(self, name)}")
+        for name in ("lr", "cpus_per_job"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"baseline.{name} must be > 0, not {getattr(self, name)}")
+        if self.max_retries < -1:
+            raise ValueError(f"baseline.max_retries must be -1 (no limit) or 0 or more, not {self.max_retries}")
+
+
+@dataclass
+class BaselineRecipe(TrainConfig):
+    """A training recipe plus the `baseline` section (`t2l-ray train-lora` reads recipes with this class)."""
+
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+    def check(self) -> None:
+        super().check()
+        self.baseline.check()

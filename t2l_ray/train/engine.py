@@ -16,7 +16,7 @@ import torch
 from t2l_ray.train.config import TrainConfig
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+def deepspeed_config(cfg: TrainConfig) -> dict:
     """The DeepSpeed JSON config: ZeRO stage, AdamW, warmup + linear decay, clipping, accumulation, bf16."""
     ds = {
         "train_micro_batch_size_per_gpu": cfg.data.tasks_per_batch,
@@ -65,13 +65,13 @@ def pin_build_tools() -> None:
         os.environ["PATH"] = os.pathsep.join([folder, *[p for p in parts if p != folder]])
 
 
-def build_engine(hypernet: torch.nn.Module, cfg: TrainConfig, world_size: int):
+def build_engine(hypernet: torch.nn.Module, cfg: TrainConfig):
     import deepspeed
 
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=hypernet,
         model_parameters=[p for p in hypernet.parameters() if p.requires_grad],
-        config=deepspeed_config(cfg, world_size),
+        config=deepspeed_config(cfg),
         dist_init_required=False,
     )
     return engine, optimizer, scheduler

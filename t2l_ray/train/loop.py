@@ -71,7 +71,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     base = build_base_model(cfg, device)
     hypernet = TextToLoRA(cfg.hypernet, BaseShapes.from_dict(config["shapes"]), config["encoder_dim"])
-    engine, _, scheduler = build_engine(hypernet, cfg, world)
+    engine, _, scheduler = build_engine(hypernet, cfg)
     scale = cfg.hypernet.scale
 
     resuming = ray.train.get_checkpoint() is not None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -75,11 +73,4 @@ def reconstruction_loss(
     return torch.stack(terms).mean()
 
 
-def lr_at(step: int, peak: float, warmup: int, total: int) -> float:
-    """Linear warmup to `peak`, then linear decay to 0 at `total` (the schedule DeepSpeed's WarmupDecayLR runs)."""
-    if step < warmup:
-        return peak * (step + 1) / max(warmup, 1)
-    return peak * max(0.0, (total - step) / max(total - warmup, 1))
-
-
-__all__ = ["neftune", "response_loss", "generated_l2", "sft_loss", "reconstruction_loss", "lr_at", "math"]
+__all__ = ["neftune", "response_loss", "generated_l2", "sft_loss", "reconstruction_loss"]

@@ -293,7 +293,7 @@ def recon_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(cfg.run.seed)  # the same hypernet init on every worker
     hypernet = TextToLoRA(cfg.hypernet, shapes, config["encoder_dim"])
-    engine, _, scheduler = build_engine(hypernet, cfg, world)
+    engine, _, scheduler = build_engine(hypernet, cfg)
     scale = cfg.hypernet.scale
     state = restore_checkpoint(engine, rank, {"step": 0}, cfg.run.seed)
     metrics = MetricsLog(run_dir, state["step"]) if rank == 0 else None
