@@ -52,7 +52,11 @@ def test_sft_lowers_the_loss_and_exports_a_hypernet(ray_cluster, tmp_path, zero_
     exported = checkpoint.load_checkpoint(str(run_dir / "hypernet"))
     assert exported.model.config.variant == "M" and exported.encoder == "all-minilm-l6-v2"
     assert {p.dtype for p in exported.model.parameters()} == {torch.float32}  # bf16 training, fp32 export
-    assert json.loads((run_dir / "hypernet" / "hypernet.json").read_text())["step"] == 24
+    exported_config = json.loads((run_dir / "hypernet" / "hypernet.json").read_text())
+    assert exported_config["step"] == 24
+    # a random base is saved in the run and named by the hypernet (so by every adapter), not the preset it shrinks
+    assert exported_config["shapes"]["base_model"] == str(run_dir / "base")
+    assert (run_dir / "base" / "model.safetensors").is_file() and (run_dir / "base" / "tokenizer.json").is_file()
     assert sorted(p.name for p in run_dir.glob("checkpoint_*"))  # Ray Train checkpoints beside the export
     summary = json.loads((run_dir / "data_summary.json").read_text())
     assert len(summary["tasks"]) == 24 and summary["total_instances"] == 803

@@ -3,12 +3,14 @@
 Runs on the current Ray cluster (RAY_ADDRESS, or the one this process runs in under `ray job submit`),
 else starts a local one. The run folder (`run.output_dir`, a path or URI) holds `config.yaml`,
 `metrics.jsonl`, `tokenizer/` (when trained offline), `embeddings/`, the Ray Train checkpoints
-(`checkpoint_*`), and `hypernet/`, the latest exported hypernet. Running the same command again with the
-same output folder resumes from the latest checkpoint.
+(`checkpoint_*`), `hypernet/`, the latest exported hypernet, and `base/` when the base has random weights
+(`model.init: random`): the base itself, which the hypernet and its adapters name. Running the same command
+again with the same output folder resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -61,6 +63,26 @@ def _task_uris(cfg: TrainConfig, tasks, run_dir: str) -> list[str]:
     return [storage.join(cfg.data.source, Path(t.source_file).name) for t in tasks]
 
 
+def save_random_base(cfg: TrainConfig, run_dir: str, tokenizer_dir: str) -> str:
+    """Write a random-weight base (`model.init: random`) to `{run}/base/` (config, weights, tokenizer); returns
+    its URI. Adapters then name a base that exists, not the preset it was shrunk from (whose real weights they
+    would load into silently and wrongly), and it can be served (`t2l-ray serve --base-model RUN/base`) and
+    checked against (`validate-adapter --base-model`). The weights are those every worker builds: same
+    config, seed and dtype (`build_base_model`)."""
+    import torch
+
+    from t2l_ray.data.tokenizer import load_tokenizer
+    from t2l_ray.train.engine import build_base_model
+
+    uri = storage.join(run_dir, "base")
+    with tempfile.TemporaryDirectory() as folder:
+        build_base_model(cfg, torch.device("cpu")).save_pretrained(folder)
+        load_tokenizer(tokenizer_dir).save_pretrained(folder)
+        files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+    storage.write_folder(uri, files, commit_file="config.json")
+    return uri
+
+
 def run_training(cfg: TrainConfig) -> str:
     """Train; returns the run folder URI."""
     from t2l_ray.data.pipeline import build_sft_dataset
@@ -86,7 +108,10 @@ def run_training(cfg: TrainConfig) -> str:
             max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
             seed=cfg.run.seed,
         )
-        loop_config = {"train": to_dict(cfg), "run_dir": run_dir, "shapes": hypernet_shapes(cfg).to_dict(),
+        shapes = hypernet_shapes(cfg)
+        if cfg.model.init == "random":
+            shapes = dataclasses.replace(shapes, base_model=save_random_base(cfg, run_dir, data["tokenizer_dir"]))
+        loop_config = {"train": to_dict(cfg), "run_dir": run_dir, "shapes": shapes.to_dict(),
                        "encoder_dim": data["encoder_dim"], "encoder": cfg.encoder}
         trainer = make_trainer(cfg, train_loop_per_worker, loop_config, run_dir, datasets={"train": dataset})
         seconds = fit_with_progress(trainer, run_dir, cfg.optim.max_steps)
