@@ -9,6 +9,8 @@ from t2l_ray.data.prompts import (
     IGNORE_INDEX,
     PLAIN_TEMPLATE,
     TokenizeBatch,
+    encode_prompts,
+    render_messages,
     render_prompt,
     target_text,
     tokenize_batch,
@@ -71,6 +73,22 @@ def test_input_whitespace_is_stripped_like_sni_collator(sni_tasks):
     prompt = user_prompt(task.definition, task.instances[0].input)
     assert prompt.endswith("explanation.\n\nDefence industry roadshow with Stuart Robert continues in Adelaide ,"
                            " Sydney today - SMEs struggling with erratic ALP decisions")
+
+
+def test_conversations_render_as_training_renders_its_one_turn(tokenizer_dir):
+    chat = load_tokenizer(tokenizer_dir)
+    turn = [{"role": "user", "content": "Say hi.\n\nhello"}]
+    assert render_messages(chat, turn) == render_prompt(chat, "Say hi.\n\nhello")
+    talk = [{"role": "system", "content": "Be brief."}, *turn, {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "again"}]
+    assert render_messages(chat, talk) == ("<s><|system|>\nBe brief.</s>\n<|user|>\nSay hi.\n\nhello</s>\n"
+                                           "<|assistant|>\nhi</s>\n<|user|>\nagain</s>\n<|assistant|>\n")
+    (ids,) = encode_prompts(chat, [render_messages(chat, turn)])
+    assert ids.count(chat.bos_token_id) == 1  # the template writes the BOS; none is added twice
+    plain = load_tokenizer(tokenizer_dir)
+    plain.chat_template = None
+    assert render_messages(plain, talk) == PLAIN_TEMPLATE.format(prompt="Be brief.\n\nSay hi.\n\nhello\n\nhi\n\nagain")
+    assert encode_prompts(plain, ["x"])[0][0] == plain.bos_token_id
 
 
 def test_chat_template_rendering_and_plain_fallback(tokenizer_dir):

@@ -59,12 +59,24 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """The full prompt text up to where the response starts."""
+    return render_messages(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def render_messages(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """A conversation (`[{"role", "content"}]`) up to where the assistant's answer starts, as training renders
+    its one user turn; Serve's chat route renders requests with it. Without a chat template the turns' texts
+    are joined by blank lines into `PLAIN_TEMPLATE`. Templates may refuse a conversation (a system turn,
+    broken alternation): jinja2's TemplateError, or ValueError."""
     if uses_chat_template(tokenizer):
         # enable_thinking=False: reasoning templates (Qwen3) would otherwise expect a <think> block first.
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
-        )
-    return PLAIN_TEMPLATE.format(prompt=prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    return PLAIN_TEMPLATE.format(prompt="\n\n".join(m["content"] for m in messages))
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of rendered prompts: a chat template writes its own special tokens (BOS), so none are added
+    then; plain prompts get the tokenizer's own."""
+    return tokenizer(texts, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
 
 
 def tokenize_batch(
@@ -93,7 +105,7 @@ def tokenize_batch(
         render_prompt(tokenizer, user_prompt(str(definition), str(text), len(answers)))
         for definition, text, answers in zip(batch["definition"], batch["input"], outputs)
     ]
-    prompt_ids = tokenizer(prompts, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+    prompt_ids = encode_prompts(tokenizer, prompts)
     response_ids = tokenizer([target_text(answers) for answers in outputs], add_special_tokens=False)["input_ids"]
     prompt_ids = [ids[-max_prompt_tokens:] for ids in prompt_ids]
     response_ids = [ids[: max_response_tokens - 1] + [eos_id] for ids in response_ids]
