@@ -140,6 +140,24 @@ def is_complete(uri: str) -> bool:
     return storage.exists(storage.join(uri, CONFIG_FILE))
 
 
+def list_adapters(out: str, limit: int) -> list[tuple[str, int]]:
+    """(id, commit time in epoch seconds) of the complete adapters in a store, by id, at most `limit`.
+
+    One recursive listing (a flat prefix listing on object stores), not a request per folder."""
+    import pyarrow.fs as pafs
+
+    from t2l_ray.request_rule import ID_PATTERN
+
+    fs, root = storage.resolve(out)
+    root = root.rstrip("/")
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        folder, _, name = info.path[len(root) + 1:].partition("/")
+        if name == CONFIG_FILE and ID_PATTERN.match(folder):
+            found.append((folder, int(info.mtime.timestamp()) if info.mtime else 0))
+    return sorted(found)[:limit]
+
+
 SAME_ADAPTER = "exists"
 
 

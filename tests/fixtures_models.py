@@ -59,3 +59,19 @@ def tiny_checkpoint(uri: str, seed: int = 0) -> str:
         for head in model.heads.values():
             head.weight.normal_(0, 0.02)
     return checkpoint.save_checkpoint(model, "all-minilm-l6-v2", uri)
+
+
+def tiny_base_folder(folder) -> str:
+    """A saved tiny Llama (weights, config, a trained BPE tokenizer with the chat template) whose LoRA shapes are
+    TINY_SHAPES', so `tiny_checkpoint`'s adapters fit it: what `t2l-ray serve --base-model` loads."""
+    from t2l_ray.data.tokenizer import train_tokenizer
+
+    texts = [f"Task {i}: reverse the words, sort the letters, answer yes or no, count to {i}." for i in range(200)]
+    tokenizer = train_tokenizer(texts, folder, vocab_size=400)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.2, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    return str(folder)

@@ -28,6 +28,7 @@ DOCKERFILE = ROOT / "cluster" / "Dockerfile"
 SPECS = sorted((ROOT / "jobs" / "specs").glob("*.yaml"))
 RUNTIME_ENVS = sorted((ROOT / "jobs").glob("runtime_env*.yaml"))
 DESCRIPTIONS = ROOT / "jobs" / "examples" / "descriptions.jsonl"
+SERVE_LLM = ROOT / "jobs" / "serve_llm.yaml"
 GUIDE = ROOT / "docs" / "cluster.md"
 BUCKET = "t2l-ray-artifacts"
 ADAPTER_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,127}")
@@ -136,7 +137,7 @@ def kuberay_docs() -> list[tuple[Path, dict]]:
 def collect_t2l_commands() -> list[tuple[str, str]]:
     """(where, command line) for every t2l-ray command the configs, manifests and specs name."""
     out = []
-    files = [ROOT / p for p in LAUNCHERS] + sorted(KUBERAY_DIR.glob("*.yaml")) + RUNTIME_ENVS + SPECS
+    files = [ROOT / p for p in LAUNCHERS] + sorted(KUBERAY_DIR.glob("*.yaml")) + RUNTIME_ENVS + SPECS + [SERVE_LLM]
     for path in files:
         for line in comment_commands(path):
             out += [(f"{rel(path)} header", cmd) for cmd in t2l_commands_in(line)]

@@ -24,8 +24,11 @@ def serve_command(
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     config_path: Optional[str] = typer.Option(None, "--config", help="YAML of serve settings (replicas, batching, limits)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set max_batch_size=64."),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="Base model (folder, URI or hub name): adds the OpenAI-compatible chat routes."),
 ):
-    """Serve POST /v1/adapters (descriptions in, adapters out) on Ray Serve until Ctrl-C.
+    """Serve POST /v1/adapters (descriptions in, adapters out) on Ray Serve until Ctrl-C; with --base-model,
+    also OpenAI's /v1/chat/completions, /v1/completions and /v1/models, answered with the store's adapters.
 
     With T2L_API_TOKEN set in this environment, /v1 routes need `Authorization: Bearer <token>`.
     """
@@ -33,10 +36,15 @@ def serve_command(
     from t2l_ray.checkpoint import read_checkpoint_config
     from t2l_ray.serve import ServeConfig, build_app
 
+    from t2l_ray.serve.app import check_base_fits
+
     config = load_checked(ServeConfig, config_path, overrides)
+    config.base_model = base_model or config.base_model
     try:
         read_checkpoint_config(checkpoint)
         storage.resolve(out)
+        if config.base_model:
+            check_base_fits(checkpoint, config.base_model)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))
     if not 0 < port < 65536:
@@ -63,6 +71,12 @@ def serve_command(
         url = _url(host, port, config.route_prefix)
         typer.echo(f"serving {checkpoint} -> {out}")
         typer.echo(f"  POST {url}/v1/adapters    GET {url}/v1/adapters/ID    {url}/healthz    {url}/docs")
+        if config.base_model:
+            from t2l_ray.serve.chat_front import default_base_name
+
+            name = config.base_name or default_base_name(config.base_model)
+            typer.echo(f"  chat with {config.base_model} (model {name!r}, an adapter id, or 't2l:<description>'):")
+            typer.echo(f"  POST {url}/v1/chat/completions    POST {url}/v1/completions    GET {url}/v1/models")
         typer.echo("Ctrl-C stops it.")
         while True:
             time.sleep(3600)

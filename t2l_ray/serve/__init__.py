@@ -1,9 +1,9 @@
 """The adapter endpoint: a Ray Serve application that turns task descriptions into LoRA adapters over HTTP.
 
     serve run t2l_ray.serve:build_app checkpoint=URI out=URI [max_replicas=4 ...]   # or jobs/serve.yaml
-    t2l-ray serve --checkpoint URI --out URI [--host 127.0.0.1] [--port 8000] [--config YAML] [--set k=v]
+    t2l-ray serve --checkpoint URI --out URI [--base-model BASE] [--host 127.0.0.1] [--port 8000] [--config YAML] [--set k=v]
 
-One deployment, `AdapterService`, with a FastAPI ingress:
+The ingress deployment, `AdapterService`, with a FastAPI app:
 - `POST /v1/adapters`  `{"description": ..., "id": optional}` or `{"items": [{"description", "id"?}, ...]}`,
   plus `"return": "uri"` (default: written to `{out}/{id}/`, ids and URIs returned) or `"inline"` (the
   files, base64, in the response; nothing written). Every description of every request waiting in the
@@ -13,6 +13,12 @@ One deployment, `AdapterService`, with a FastAPI ingress:
 - `GET /v1/adapters/{id}`  the adapter's `t2l_meta.json` and a summary of its `adapter_config.json`.
 - `GET /v1/info`  checkpoint, encoder, shapes and the request limits.
 - `GET /healthz`, and FastAPI's `/openapi.json` and `/docs` (these three need no token).
+- With a base model (`--base-model` / `base_model`), OpenAI-compatible routes (`chat_routes`):
+  `POST /v1/chat/completions` (`stream: true` as server-sent events), `POST /v1/completions`, `GET /v1/models`.
+  `model` is an adapter id in the store, `BASE_NAME:ID`, `t2l:<description>` (made on first use through the
+  `POST /v1/adapters` path and stored under its content id, reused afterwards) or the base's name. A second
+  deployment, `ChatModel`, holds the base; Serve's model multiplexing routes each request to a replica that
+  holds its adapter and keeps up to `max_adapters_per_replica` loaded per replica.
 
 Requests are checked before any work: body bytes (413), JSON (400), the schema, the number and length of
 descriptions and the id rule (422). When `T2L_API_TOKEN` is set, every `/v1/` route needs
@@ -33,7 +39,11 @@ The package, one job per module:
 - `jobs`        a request -> one Job per description (limits, `request_rule`), batches rendered in isolation;
 - `routes`      the health and adapter routers; `api` composes the gate and `api.ROUTERS` into one FastAPI app;
 - `deployment`  AdapterService: holds the Generator, the `@serve.batch` queue and the store;
-- `app`         `build_app`, the Serve application builder.
+- `app`         `build_app`, the Serve application builder;
+- `openai_schema`, `chat_routes`  the OpenAI-compatible bodies and routes (JSON and server-sent events);
+- `chat_front`  the ingress side of chat: `model` -> adapter id (404, or made for `t2l:`), multiplexed handles;
+- `chat_model`  ChatModel, the deployment that generates (one base, K adapters, one generation at a time);
+- `adapter_slots`  adapters as tensors, copied into PEFT LoRA slots of the base, checked against its shapes.
 """
 
 from t2l_ray.serve.app import build_app

@@ -1,6 +1,7 @@
 """The FastAPI app of one replica: the gate (auth, body cap, error handlers), then every router in `ROUTERS`.
 
-New route groups (an OpenAI-compatible chat API, say) are a module with a `router(service)` factory, added here.
+New route groups are a module with a `router(service)` factory, added here; groups served only with some
+settings are passed in by the deployment (the OpenAI-compatible routes, with a base model).
 """
 
 from __future__ import annotations

@@ -34,13 +34,31 @@ class ServeConfig:
     max_inline_descriptions: int = doc("Most descriptions in one `return: inline` request (0: inline off).", 8)
     max_body_bytes: int = doc("Largest request body accepted, in bytes.", 1_048_576)
     dtype: Literal["bfloat16", "float32", "float16"] = doc("Dtype of the generated LoRA weights.", "bfloat16")
+    # The OpenAI-compatible chat routes (serve/chat_*.py), on only with a base model.
+    base_model: str = doc("Base model (folder, URI or hub name) the chat routes answer with; empty: no chat routes.", "")
+    base_name: str = doc("The base's name in `model` and /v1/models (no ':'); empty: the hub name, or the "
+                         "folder's name.", "")
+    chat_replicas: int = doc("ChatModel replicas, each holding one copy of the base.", 1)
+    chat_num_cpus: float = doc("CPUs per ChatModel replica (its torch threads).", 1.0)
+    chat_num_gpus: float = doc("GPUs per ChatModel replica (0: CPU).", 0.0)
+    chat_max_ongoing_requests: int = doc("Requests one ChatModel replica takes at once (they generate one at a "
+                                         "time; more queue there, the rest wait for another replica).", 8)
+    chat_dtype: Literal["auto", "float32", "bfloat16", "float16"] = doc(
+        "Base dtype on ChatModel replicas; auto: bfloat16 on a GPU, float32 on CPU.", "auto")
+    max_adapters_per_replica: int = doc("Adapters kept loaded per ChatModel replica (Serve multiplexing, LRU).", 8)
+    default_max_tokens: int = doc("Tokens generated when a request gives no max_tokens.", 64)
+    max_tokens_limit: int = doc("Cap on max_tokens: larger requests are cut to it (finish_reason 'length').", 512)
+    chat_timeout_s: float = doc("Per-request limit on queueing plus generation (504 after it).", 60.0)
+    max_models_listed: int = doc("Most adapter ids GET /v1/models lists.", 1000)
 
     def check(self) -> None:
         for name in ("max_replicas", "max_ongoing_requests", "max_batch_size", "max_chars", "max_descriptions",
-                     "max_body_bytes"):
+                     "max_body_bytes", "chat_replicas", "chat_max_ongoing_requests", "max_adapters_per_replica",
+                     "default_max_tokens", "max_tokens_limit", "max_models_listed"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("min_replicas", "max_inline_descriptions", "num_cpus", "num_gpus", "batch_wait_timeout_s"):
+        for name in ("min_replicas", "max_inline_descriptions", "num_cpus", "num_gpus", "batch_wait_timeout_s",
+                     "chat_num_cpus", "chat_num_gpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
         if self.min_replicas > self.max_replicas:
@@ -57,20 +75,20 @@ class ServeConfig:
                               f"({self.max_batch_size}), or batches never fill")
         if not self.route_prefix.startswith("/"):
             raise ConfigError(f"route_prefix must start with '/', not {self.route_prefix!r}")
+        if ":" in self.base_name:
+            raise ConfigError(f"base_name must not contain ':' (requests name adapters as BASE:ID), not {self.base_name!r}")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ConfigError(f"default_max_tokens ({self.default_max_tokens}) is above max_tokens_limit "
+                              f"({self.max_tokens_limit})")
+        if self.chat_timeout_s <= 0:
+            raise ConfigError(f"chat_timeout_s must be > 0, not {self.chat_timeout_s}")
 
     def deployment_options(self) -> dict[str, Any]:
         """Options for `AdapterService.options(...)`: replicas or autoscaling, resources, queue limits."""
-        actor: dict[str, Any] = {"num_cpus": self.num_cpus}
-        if self.num_gpus:
-            actor["num_gpus"] = self.num_gpus
-        if self.resources:
-            actor["resources"] = dict(self.resources)
-        if self.env_vars:
-            actor["runtime_env"] = {"env_vars": {k: str(v) for k, v in self.env_vars.items()}}
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
-            "ray_actor_options": actor,
+            "ray_actor_options": self._actor_options(self.num_cpus, self.num_gpus, self.resources),
         }
         if self.max_replicas > self.min_replicas:
             options["autoscaling_config"] = {
@@ -83,10 +101,29 @@ class ServeConfig:
             options["num_replicas"] = self.max_replicas
         return options
 
+    def chat_deployment_options(self) -> dict[str, Any]:
+        """Options for `ChatModel.options(...)`: a fixed number of replicas, each with the base loaded."""
+        return {
+            "num_replicas": self.chat_replicas,
+            "max_ongoing_requests": self.chat_max_ongoing_requests,
+            "ray_actor_options": self._actor_options(self.chat_num_cpus, self.chat_num_gpus, {}),
+        }
+
+    def _actor_options(self, num_cpus: float, num_gpus: float, resources: dict[str, float]) -> dict[str, Any]:
+        actor: dict[str, Any] = {"num_cpus": num_cpus}
+        if num_gpus:
+            actor["num_gpus"] = num_gpus
+        if resources:
+            actor["resources"] = dict(resources)
+        if self.env_vars:
+            actor["runtime_env"] = {"env_vars": {k: str(v) for k, v in self.env_vars.items()}}
+        return actor
+
 
 # Settings a running replica can take from a Serve `user_config` (`serve deploy` updates them in place).
 RECONFIGURABLE = ("max_batch_size", "batch_wait_timeout_s", "max_chars", "max_descriptions",
-                  "max_inline_descriptions", "max_body_bytes")
+                  "max_inline_descriptions", "max_body_bytes", "default_max_tokens", "max_tokens_limit",
+                  "chat_timeout_s", "max_models_listed")
 
 
 def config_from_args(base: Any, values: dict[str, Any]) -> ServeConfig:

@@ -22,7 +22,9 @@ from ray import serve
 from t2l_ray import adapters, storage
 from t2l_ray.config import ConfigError, from_dict, to_dict
 from t2l_ray.request_rule import check_adapter_id, weights_digest
-from t2l_ray.serve.api import build_api
+from t2l_ray.serve.api import ROUTERS, build_api
+from t2l_ray.serve.chat_front import ChatFront
+from t2l_ray.serve.chat_routes import openai_router
 from t2l_ray.serve.config import RECONFIGURABLE, ServeConfig
 from t2l_ray.serve.gate import TOKEN_ENV, ApiError, bearer_matches, token_digest
 from t2l_ray.serve.jobs import Job, Outcome, jobs_for, render_isolated
@@ -30,7 +32,7 @@ from t2l_ray.serve.locks import KeyedLocks
 from t2l_ray.serve.schema import AdapterInfo, AdapterResult, CreateAdaptersRequest, CreateAdaptersResponse, ServiceInfo
 
 
-def _device() -> str:
+def replica_device() -> str:
     """cuda when Ray gave this replica a GPU (num_gpus, from the config or a Serve config override)."""
     import ray
 
@@ -52,7 +54,8 @@ def _device() -> str:
 class AdapterService:
     """One replica: the checkpoint's hypernet and encoder, a batching queue, the store at `out`."""
 
-    def __init__(self, checkpoint: str, out: str, config: dict, token_sha256: str | None = None):
+    def __init__(self, checkpoint: str, out: str, config: dict, token_sha256: str | None = None, chat=None):
+        """`chat`: the ChatModel deployment's handle when the app serves a base model (the chat routes), else None."""
         from transformers.utils import logging as hf_logging
 
         from t2l_ray.checkpoint import load_checkpoint
@@ -62,17 +65,18 @@ class AdapterService:
         hf_logging.disable_progress_bar()
         self.config = from_dict(ServeConfig, config, "ServeConfig")
         self.checkpoint_uri, self.out = checkpoint, out
-        self.device = _device()
+        self.device = replica_device()
         loaded = load_checkpoint(checkpoint, device=self.device)
         self.generator = Generator(loaded, encoder=load_encoder(loaded.encoder, device=self.device), dtype=self.config.dtype)
         own = os.environ.get(TOKEN_ENV) or None
         self._token_sha256 = token_sha256 or (token_digest(own) if own else None)
         self._locks = KeyedLocks()
         self.stats = {"batches": 0, "descriptions": 0, "largest_batch": 0, "written": 0}
+        self.chat = ChatFront(self, chat) if chat is not None else None
         self._apply_batching()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self)
+        return build_api(self, ROUTERS + ((openai_router,) if self.chat else ()))
 
     def reconfigure(self, user_config: dict) -> None:
         """A Serve `user_config` updates the batching and limit settings in place."""
@@ -197,4 +201,6 @@ class AdapterService:
             target_modules=[m.name for m in model.shapes.modules], device=self.device, out=self.out,
             limits={k: getattr(cfg, k) for k in RECONFIGURABLE},
             stats=dict(self.stats),
+            chat={"base_model": cfg.base_model, "base_name": cfg.base_name, "replicas": cfg.chat_replicas,
+                  "max_adapters_per_replica": cfg.max_adapters_per_replica} if self.chat else None,
         )

@@ -1,5 +1,6 @@
 """The HTTP gate of a replica: bearer auth and the body cap before FastAPI reads a byte, and the error handlers
-that turn every failure into `{"detail": ..., "errors"?: [...]}` with the right status.
+that turn every failure into `{"detail": ..., "errors"?: [...]}` with the right status; on the OpenAI-compatible
+routes (`OPENAI_PATHS`) into OpenAI's `{"error": {"message", "type", "param", "code"}}`, which its clients read.
 
 When `T2L_API_TOKEN` is set, every `/v1/` route needs `Authorization: Bearer <token>` (401 otherwise). The
 builder passes only the token's sha256 to replicas; a replica without one reads `T2L_API_TOKEN` from its own
@@ -25,20 +26,38 @@ logger = logging.getLogger("ray.serve")
 
 TOKEN_ENV = "T2L_API_TOKEN"
 API_PREFIX = "/v1"
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+OPENAI_TYPES = {401: "authentication_error", 500: "server_error", 503: "server_error", 504: "timeout"}
+OPENAI_CODES = {401: "invalid_api_key", 413: "request_too_large", 504: "timeout"}
 
 
 class ApiError(Exception):
-    """An HTTP error with a message (and, for 422, one entry per bad field); raised anywhere, answered as JSON."""
+    """An HTTP error with a message (and, for 422, one entry per bad field); raised anywhere, answered as JSON.
 
-    def __init__(self, status: int, detail: str, errors: list[dict] | None = None, headers: dict | None = None):
+    `code` and `param` fill OpenAI's error fields on the OpenAI-compatible routes."""
+
+    def __init__(self, status: int, detail: str, errors: list[dict] | None = None, headers: dict | None = None,
+                 code: str | None = None, param: str | None = None):
         super().__init__(detail)
         self.status, self.detail, self.errors, self.headers = status, detail, errors, headers
+        self.code, self.param = code or OPENAI_CODES.get(status), param
 
-    def response(self) -> JSONResponse:
+    def response(self, scope=None) -> JSONResponse:
+        """The JSON answer; OpenAI's shape when `scope` (the ASGI request) is on an OpenAI-compatible route."""
+        if scope is not None and is_openai_path(_route_path(scope)):
+            return JSONResponse({"error": self.openai_error()}, status_code=self.status, headers=self.headers)
         body: dict[str, Any] = {"detail": self.detail}
         if self.errors is not None:
             body["errors"] = self.errors
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+    def openai_error(self) -> dict[str, Any]:
+        kind = OPENAI_TYPES.get(self.status, "invalid_request_error")
+        return {"message": self.detail, "type": kind, "param": self.param, "code": self.code}
+
+
+def is_openai_path(path: str) -> bool:
+    return path in OPENAI_PATHS or path.startswith("/v1/models/")
 
 
 def token_digest(token: str) -> str:
@@ -82,13 +101,13 @@ class Gate:
         if (path == API_PREFIX or path.startswith(API_PREFIX + "/")) and not self.service.authorized(headers.get("authorization")):
             error = ApiError(401, "missing or invalid bearer token: send 'Authorization: Bearer <token>'",
                              headers={"WWW-Authenticate": "Bearer"})
-            return await error.response()(scope, receive, send)
+            return await error.response(scope)(scope, receive, send)
         if scope.get("method") in ("POST", "PUT", "PATCH"):
             limit = self.service.config.max_body_bytes
             declared = headers.get("content-length")
             if declared is not None:
                 if not declared.strip().isdigit():
-                    return await ApiError(400, f"invalid Content-Length {declared!r}").response()(scope, receive, send)
+                    return await ApiError(400, f"invalid Content-Length {declared!r}").response(scope)(scope, receive, send)
                 if int(declared) > limit:
                     return await self._too_large(int(declared), limit, scope, receive, send)
             body, more = bytearray(), True
@@ -107,7 +126,7 @@ class Gate:
     async def _too_large(size, limit, scope, receive, send, at_least=False):
         size_text = f"more than {limit}" if at_least else str(size)
         error = ApiError(413, f"request body is {size_text} bytes; the limit is {limit} (max_body_bytes)")
-        return await error.response()(scope, receive, send)
+        return await error.response(scope)(scope, receive, send)
 
 
 def _replay(body: bytes, receive):
@@ -137,19 +156,20 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     if broken is not None:
         reason = (broken.get("ctx") or {}).get("error", broken.get("msg"))
         position = broken["loc"][-1] if broken.get("loc") else "?"
-        return ApiError(400, f"malformed JSON: {reason} (at character {position})").response()
+        return ApiError(400, f"malformed JSON: {reason} (at character {position})").response(request.scope)
     simple = [{"loc": _location(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
     detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in simple)
-    return ApiError(422, f"invalid request: {detail}", simple).response()
+    param = simple[0]["loc"] if simple else None
+    return ApiError(422, f"invalid request: {detail}", simple, param=param).response(request.scope)
 
 
 async def _on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return exc.response()
+    return exc.response(request.scope)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response(request.scope)
 
 
 def install(api: FastAPI, service) -> None:

@@ -82,6 +82,7 @@ class ServiceInfo(BaseModel):
     out: str
     limits: dict[str, int | float]
     stats: dict[str, int | float]
+    chat: Optional[dict[str, Any]] = Field(None, description="The chat routes' base and adapter cache (when served).")
 
 
 class Health(BaseModel):
