@@ -147,7 +147,9 @@ def test_timeouts_end_generation_and_are_not_retried():
         return silent, error.value
 
     silent, error = asyncio.run(wait())
-    assert error.status == 504 and error.headers == {"x-should-retry": "false"} and silent.cancelled
+    assert error.status == 504 and silent.cancelled
+    response = error.response({"type": "http", "path": "/v1/chat/completions", "root_path": ""})
+    assert response.status_code == 504 and response.headers["x-should-retry"] == "false"  # clients retry 5xx otherwise
 
 
 def test_list_adapters_finds_complete_ones_in_one_pass(tmp_path):

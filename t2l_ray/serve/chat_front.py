@@ -112,8 +112,8 @@ class ChatFront:
 
 
 def refusal(error: dict) -> ApiError:
-    """A ChatModel's `{"error"}` item as an ApiError; a timeout must not be retried (clients retry 5xx)."""
-    return ApiError(**error, headers={"x-should-retry": "false"} if error["status"] == 504 else None)
+    """A ChatModel's `{"error"}` item as an ApiError."""
+    return ApiError(**error)
 
 
 class ChatStream:
@@ -128,8 +128,7 @@ class ChatStream:
             return await asyncio.wait_for(self.generator.__anext__(), max(0.01, remaining))
         except TimeoutError:
             self.cancel()
-            raise ApiError(504, "the chat replica did not answer in time (chat_timeout_s)", code="timeout",
-                           headers={"x-should-retry": "false"}) from None
+            raise ApiError(504, "the chat replica did not answer in time (chat_timeout_s)", code="timeout") from None
         except StopAsyncIteration:
             raise ApiError(500, "the chat replica ended the stream early") from None
 

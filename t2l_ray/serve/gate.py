@@ -29,6 +29,7 @@ API_PREFIX = "/v1"
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 OPENAI_TYPES = {401: "authentication_error", 500: "server_error", 503: "server_error", 504: "timeout"}
 OPENAI_CODES = {401: "invalid_api_key", 413: "request_too_large", 504: "timeout"}
+NOT_RETRIED = (409, 504)  # OpenAI clients retry 409 and 5xx unless told not to; these would fail the same way again
 
 
 class ApiError(Exception):
@@ -45,7 +46,8 @@ class ApiError(Exception):
     def response(self, scope=None) -> JSONResponse:
         """The JSON answer; OpenAI's shape when `scope` (the ASGI request) is on an OpenAI-compatible route."""
         if scope is not None and is_openai_path(_route_path(scope)):
-            return JSONResponse({"error": self.openai_error()}, status_code=self.status, headers=self.headers)
+            headers = {**(self.headers or {}), **({"x-should-retry": "false"} if self.status in NOT_RETRIED else {})}
+            return JSONResponse({"error": self.openai_error()}, status_code=self.status, headers=headers)
         body: dict[str, Any] = {"detail": self.detail}
         if self.errors is not None:
             body["errors"] = self.errors
