@@ -35,7 +35,6 @@ def serve_command(
     from t2l_ray import storage
     from t2l_ray.checkpoint import read_checkpoint_config
     from t2l_ray.serve import ServeConfig, build_app
-
     from t2l_ray.serve.app import check_base_fits
 
     config = load_checked(ServeConfig, config_path, overrides)

@@ -86,7 +86,6 @@ class ChatModel:
 
         from t2l_ray.eval.config import EvalModelConfig
         from t2l_ray.eval.runner import build_eval_model, load_eval_tokenizer
-        from t2l_ray.train.common import local_copy
 
         hf_logging.disable_progress_bar()
         cfg = from_dict(ServeConfig, config, "ServeConfig")
@@ -94,7 +93,7 @@ class ChatModel:
         torch.set_num_threads(max(1, int(cfg.chat_num_cpus)))
         dtype = cfg.chat_dtype if cfg.chat_dtype != "auto" else ("bfloat16" if self.device == "cuda" else "float32")
         scratch = tempfile.mkdtemp(prefix="t2l-chat-")
-        source = local_copy(base_model, scratch) if "://" in base_model else base_model  # from_pretrained reads disk
+        source = storage.local_copy(base_model, scratch) if "://" in base_model else base_model  # a folder or hub name
         model = EvalModelConfig(name_or_path=source, dtype=dtype)
         self.tokenizer = load_eval_tokenizer(model, scratch)
         self.slots = AdapterSlots(build_eval_model(model).to(self.device))
