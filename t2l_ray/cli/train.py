@@ -6,6 +6,25 @@ from typing import List, Optional
 
 import typer
 
+from t2l_ray.cli.core import fail
+
+
+def run_or_fail(run, cfg):
+    """`run(cfg)` for a training command; a run stopped by a worker's code error prints that worker's
+    traceback once and exits 1 with one line (restarting would only repeat it: `train/failures.py`)."""
+    import ray.train
+
+    from t2l_ray.train.failures import WorkerCodeError
+
+    try:
+        return run(cfg)
+    except WorkerCodeError as error:
+        typer.echo(error.worker_traceback.rstrip(), err=True)
+        fail(f"training stopped on a code error, {error}", code=1)
+    except ray.train.TrainingFailedError as error:
+        fail(f"training failed after run.max_failures={cfg.run.max_failures} restarts: "
+             f"{str(error).strip().splitlines()[-1]}", code=1)
+
 
 def train(
     config: Optional[str] = typer.Option(None, "--config", help="Recipe YAML (see jobs/)."),
@@ -20,7 +39,7 @@ def train(
     if output_dir:
         overrides = [*overrides, f"run.output_dir={output_dir}"]
     cfg = load_checked(TrainConfig, config, overrides)
-    run_dir = run_training(cfg)
+    run_dir = run_or_fail(run_training, cfg)
     typer.echo(f"run_dir: {run_dir}")
 
 
@@ -34,6 +53,5 @@ def plot(
     try:
         target = plot_run(run_dir, out)
     except (FileNotFoundError, ValueError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2)
+        fail(str(error))
     typer.echo(f"wrote {target}")

@@ -19,6 +19,7 @@ def train_lora(
     oracle LoRAs that are already written.
     """
     from t2l_ray.cli.core import load_checked
+    from t2l_ray.cli.train import run_or_fail
     from t2l_ray.train.baselines import BaselineRecipe, run_baselines
 
     if output_dir:
@@ -26,5 +27,5 @@ def train_lora(
     if mode:
         overrides = [*overrides, f"baseline.mode={mode}"]
     cfg = load_checked(BaselineRecipe, config, overrides)
-    out = run_baselines(cfg)
+    out = run_or_fail(run_baselines, cfg)
     typer.echo(f"output_dir: {out}")

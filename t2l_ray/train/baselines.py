@@ -146,7 +146,7 @@ def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, see
     weights (`lora_weights`), then calls `engine.destroy()` and `engine.module.unload()` to get `base` back."""
     from peft import get_peft_model
 
-    from t2l_ray.train.common import mean_across_workers
+    from t2l_ray.train.common import LogWindow
     from t2l_ray.train.engine import build_engine
     from t2l_ray.train.objectives import neftune, response_loss
 
@@ -157,7 +157,7 @@ def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, see
     engine, _, scheduler = build_engine(model, engine_cfg)
     torch.manual_seed(_seed(b.seed, f"{seed_key}:noise:{rank}"))
     device = next(p for p in engine.module.parameters() if p.requires_grad).device
-    history, losses, started = [], [], time.perf_counter()
+    history, window, started = [], LogWindow(), time.perf_counter()
     for step in range(steps):
         for micro in range(cfg.optim.grad_accum):
             batch = examples.batch(random.Random(f"{b.seed}:{seed_key}:{rank}:{step}:{micro}"), b.batch_size, device)
@@ -168,16 +168,16 @@ def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, see
             loss = response_loss(logits, batch["labels"], cfg.optim.label_smoothing)
             engine.backward(loss)
             engine.step()
-            losses.append(float(loss.detach()))
+            window.add(loss=loss)
         done = step + 1
         if done == 1 or done % b.log_every == 0 or done == steps:
-            (mean,) = mean_across_workers([sum(losses) / len(losses)])
-            row = {"step": done, "loss": mean, "lr": float(scheduler.get_last_lr()[0]),
+            loss = window.mean_sums()["loss"] / window.steps
+            row = {"step": done, "loss": loss, "lr": float(scheduler.get_last_lr()[0]),
                    "seconds": time.perf_counter() - started}
             history.append(row)
             if log is not None:
                 log(row)
-            losses = []
+            window = LogWindow()
     return engine, history
 
 
@@ -349,6 +349,7 @@ def run_multitask(cfg: BaselineRecipe, out: str, tasks, shapes: BaseShapes, toke
     import ray
 
     from t2l_ray.train.common import make_trainer
+    from t2l_ray.train.failures import fit
 
     b = cfg.baseline
     rows = [row for task in tasks for row in task_rows(task, b.max_examples_per_task, b.seed)]
@@ -360,7 +361,7 @@ def run_multitask(cfg: BaselineRecipe, out: str, tasks, shapes: BaseShapes, toke
         "recipe": to_dict(cfg), "out": out, "shapes": shapes.to_dict(), "tokenizer": tokenizer, "rows": ray.put(rows),
         "description": f"Multi-task LoRA over {len(tasks)} training tasks.",
     }, run)
-    trainer.fit()
+    fit(trainer)
     meta = json.loads(storage.read_text(storage.join(out, "multitask", adapters.META_FILE)))
     print(f"multitask: loss {meta['first_loss']:.3f} -> {meta['final_loss']:.3f} ({time.time() - started:.0f}s)")
     return {"task": "multitask", "uri": storage.join(out, "multitask"), "steps": steps, "first_loss": meta["first_loss"],

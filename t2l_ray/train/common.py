@@ -48,15 +48,52 @@ class MetricsLog:
         storage.write_text(self.uri, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
-def mean_across_workers(values: list[float]) -> list[float]:
-    """The mean of each value over all workers (identity outside a process group)."""
+def mean_across_workers(values) -> torch.Tensor:
+    """The mean of each value over all workers, as a float64 tensor on this worker's device.
+
+    The tensor is built and reduced on Ray's device for this worker (`ray.train.torch.get_device()`, cuda:N
+    on GPU workers): nccl reduces CUDA tensors only and refuses others ("No backend type associated with
+    device type cpu"). `values` may be numbers or device tensors, so nothing waits for the device until the
+    caller reads the result, once per log step. Outside a process group the values come back as they are.
+    """
+    import ray.train.torch
     import torch.distributed as dist
 
-    tensor = torch.tensor(values, dtype=torch.float64)
+    device = ray.train.torch.get_device()
+    tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
     if dist.is_initialized():
         dist.all_reduce(tensor)
         tensor /= dist.get_world_size()
-    return tensor.tolist()
+    return tensor
+
+
+class LogWindow:
+    """Sums of per-step values between two log steps, kept as device tensors.
+
+    Reading a loss on the host (`float(loss)`) waits for the GPU; doing it every step stalls the pipeline.
+    The sums are read once per log step instead, averaged over the workers in one collective.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, **values) -> None:
+        """One (micro-)step's values: tensors (detached here) or numbers."""
+        for name, value in values.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+
+    def mean_sums(self) -> dict[str, float]:
+        """Each value's sum over this window, averaged over the workers (divide by `steps` for a per-step mean)."""
+        names = sorted(self.sums)
+        return dict(zip(names, mean_across_workers([self.sums[n] for n in names]).tolist()))
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
 
 
 def record_worker(run_dir: str, rank: int) -> None:
@@ -151,14 +188,17 @@ def watch_progress(run_dir: str, total: int, stop: threading.Event, name: str = 
 
 def make_trainer(cfg, train_loop, loop_config: dict, run_dir: str, datasets: dict | None = None):
     """A TorchTrainer whose Ray Train run folder IS `run_dir` (a path or URI), with the recipe's scaling,
-    backend, failure retries and checkpoint retention. Same `run_dir` again = resume."""
+    backend, checkpoint retention, and `run.max_failures` restarts for lost workers only (a code error stops
+    the run at once: `failures.py`). Same `run_dir` again = resume."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from t2l_ray.train.failures import StopOnCodeErrors, stop_on_code_errors
 
     warn_unadvertised(cfg.run.resources_per_worker, "train", "run.resources_per_worker")
     fs, path = storage.resolve(run_dir)
     return TorchTrainer(
-        train_loop,
+        stop_on_code_errors(train_loop),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
@@ -167,7 +207,7 @@ def make_trainer(cfg, train_loop, loop_config: dict, run_dir: str, datasets: dic
         torch_config=TorchConfig(backend=cfg.run.backend),
         run_config=ray.train.RunConfig(
             name=Path(path).name, storage_path=str(Path(path).parent), storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures), callbacks=[StopOnCodeErrors()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
@@ -175,13 +215,15 @@ def make_trainer(cfg, train_loop, loop_config: dict, run_dir: str, datasets: dic
 
 
 def fit_with_progress(trainer, run_dir: str, total_steps: int) -> float:
-    """`trainer.fit()` with a driver-side progress bar; returns the seconds it took."""
+    """`trainer.fit()` (`failures.fit`) with a driver-side progress bar; returns the seconds it took."""
+    from t2l_ray.train.failures import fit
+
     stop = threading.Event()
     watcher = threading.Thread(target=watch_progress, args=(run_dir, total_steps, stop), daemon=True)
     watcher.start()
     started = time.time()
     try:
-        trainer.fit()
+        fit(trainer)
     finally:
         stop.set()
         watcher.join(timeout=5)

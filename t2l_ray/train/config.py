@@ -71,7 +71,8 @@ class RunOptions:
     checkpoint_every: int = doc("Report a checkpoint every N steps.", 100)
     log_every: int = doc("Log metrics every N steps.", 10)
     seed: int = doc("Seed for the hypernet init and the data order.", 42)
-    max_failures: int = doc("Worker-failure retries (Ray Train FailureConfig).", 3)
+    max_failures: int = doc("Restarts from the latest checkpoint after a lost worker, node or connection (Ray Train "
+                            "FailureConfig); an error raised by the training code stops the run at once.", 3)
     resources_per_worker: dict[str, float] = doc("Extra custom resources per worker.", default_factory=dict)
 
 

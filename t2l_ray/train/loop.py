@@ -19,9 +19,9 @@ from t2l_ray import storage
 from t2l_ray.config import from_dict
 from t2l_ray.train.config import TrainConfig
 from t2l_ray.train.common import (
+    LogWindow,
     MetricsLog,
     export_hypernet,
-    mean_across_workers,
     record_worker,
     restore_checkpoint,
     save_and_report,
@@ -82,7 +82,7 @@ def train_loop_per_worker(config: dict) -> None:
     record_worker(run_dir, rank)  # operators (and the fault-injection test) find each worker's process
 
     shard = ray.train.get_dataset_shard("train")
-    window = {"loss": [], "lm_loss": [], "tokens": 0, "samples": 0, "start": time.perf_counter()}
+    window = LogWindow()
 
     def save(final: bool) -> None:
         def export() -> None:
@@ -109,25 +109,21 @@ def train_loop_per_worker(config: dict) -> None:
             )
             engine.backward(loss)
             engine.step()
-            window["loss"].append(float(loss.detach()))
-            window["lm_loss"].append(parts["lm_loss"])
-            window["tokens"] += int(batch["attention_mask"].sum())
-            window["samples"] += int(batch["input_ids"].shape[0])
+            window.add(loss=loss, lm_loss=parts["lm_loss"], tokens=batch["attention_mask"].sum(),
+                       samples=batch["input_ids"].shape[0])
             if not engine.is_gradient_accumulation_boundary():
                 continue
             state["step"] += 1
             step = state["step"]
             if step == 1 or step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
-                elapsed = time.perf_counter() - window["start"]
-                loss_mean, lm_mean, tokens, samples = mean_across_workers([
-                    sum(window["loss"]) / len(window["loss"]), sum(window["lm_loss"]) / len(window["lm_loss"]),
-                    window["tokens"], window["samples"]])
+                sums, elapsed = window.mean_sums(), window.seconds
                 grad_norm = engine.get_global_grad_norm()
                 row = {
-                    "step": step, "epoch": state["epoch"], "loss": loss_mean, "lm_loss": lm_mean,
+                    "step": step, "epoch": state["epoch"], "loss": sums["loss"] / window.steps,
+                    "lm_loss": sums["lm_loss"] / window.steps,
                     "lr": float(scheduler.get_last_lr()[0]),
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "tokens_per_s": tokens * world / elapsed, "samples_per_s": samples * world / elapsed,
+                    "tokens_per_s": sums["tokens"] * world / elapsed, "samples_per_s": sums["samples"] * world / elapsed,
                     "time": time.time(),
                 }
                 if resumed_from is not None:
@@ -135,7 +131,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if metrics:
                     metrics.log(row)
                     board.log(row)
-                window = {"loss": [], "lm_loss": [], "tokens": 0, "samples": 0, "start": time.perf_counter()}
+                window = LogWindow()
             if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.max_steps:
                 save(final=step == cfg.optim.max_steps)
             if step >= cfg.optim.max_steps:

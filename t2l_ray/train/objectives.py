@@ -46,7 +46,7 @@ def generated_l2(weights: LoraWeights) -> torch.Tensor:
 def sft_loss(
     base, weights: LoraWeights, scale: float, batch: dict[str, torch.Tensor], *, label_smoothing: float,
     l2: float, neftune_alpha: float, training: bool,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     embeddings = base.get_input_embeddings()(batch["input_ids"])
     if training:
         embeddings = neftune(embeddings, batch["attention_mask"], neftune_alpha)
@@ -54,7 +54,7 @@ def sft_loss(
         logits = base(inputs_embeds=embeddings, attention_mask=batch["attention_mask"]).logits
     lm = response_loss(logits, batch["labels"], label_smoothing)
     reg = generated_l2(weights)
-    return lm + l2 * reg, {"lm_loss": float(lm.detach()), "l2": float(reg.detach())}
+    return lm + l2 * reg, {"lm_loss": lm.detach(), "l2": reg.detach()}
 
 
 def reconstruction_loss(

@@ -271,8 +271,8 @@ def recon_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from t2l_ray.hypernet import TextToLoRA
-    from t2l_ray.train.common import (MetricsLog, export_hypernet, mean_across_workers, record_worker,
-                                      restore_checkpoint, save_and_report)
+    from t2l_ray.train.common import (LogWindow, MetricsLog, export_hypernet, record_worker, restore_checkpoint,
+                                      save_and_report)
     from t2l_ray.train.engine import build_engine
     from t2l_ray.train.loop import TensorBoard
     from t2l_ray.train.objectives import reconstruction_loss
@@ -309,7 +309,7 @@ def recon_loop_per_worker(config: dict) -> None:
         save_and_report(engine, state, rank, final=final, before_report=export)
 
     eval_tasks = tasks[:EVAL_TASKS]
-    window = {"loss": [], "samples": 0, "start": time.perf_counter()}
+    window = LogWindow()
     while state["step"] < cfg.optim.max_steps:
         step = state["step"]
         for micro in range(cfg.optim.grad_accum):
@@ -323,26 +323,24 @@ def recon_loop_per_worker(config: dict) -> None:
             loss = reconstruction_loss(generated, wanted, scale, cfg.reconstruction.target)
             engine.backward(loss)
             engine.step()
-            window["loss"].append(float(loss.detach()))
-            window["samples"] += len(chosen)
+            window.add(loss=loss, samples=len(chosen))
         state["step"] += 1
         step = state["step"]
         if step == 1 or step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
-            elapsed = time.perf_counter() - window["start"]
-            loss_mean, samples = mean_across_workers([sum(window["loss"]) / len(window["loss"]), window["samples"]])
+            sums, elapsed = window.mean_sums(), window.seconds
             l1, rel = evaluate(engine, eval_tasks, embeddings, targets, modules, cfg.data.tasks_per_batch, scale,
                                device, dtype)
             grad_norm = engine.get_global_grad_norm()
             row = {
-                "step": step, "loss": loss_mean, "delta_w_l1": l1, "delta_w_rel": rel,
+                "step": step, "loss": sums["loss"] / window.steps, "delta_w_l1": l1, "delta_w_rel": rel,
                 "lr": float(scheduler.get_last_lr()[0]),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "samples_per_s": samples * world / elapsed, "time": time.time(),
+                "samples_per_s": sums["samples"] * world / elapsed, "time": time.time(),
             }
             if metrics:
                 metrics.log(row)
                 board.log(row)
-            window = {"loss": [], "samples": 0, "start": time.perf_counter()}
+            window = LogWindow()
         if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.max_steps:
             save(final=step == cfg.optim.max_steps)
     engine.destroy()
