@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # another process invalidates the cached build (see t2l_ray/train/engine.py: pin_build_tools).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast gpu-check clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow"
+
+# One NVIDIA GPU, no network, no install step (docs/gpu.md): GPU_CHECK_ARGS="--deps DIR" names carried packages.
+gpu-check:
+	bash bench/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

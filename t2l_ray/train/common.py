@@ -96,6 +96,13 @@ class LogWindow:
         return time.perf_counter() - self.started
 
 
+def device_memory(device: torch.device) -> dict[str, float]:
+    """`{"peak_mem_gib": ...}`: the most memory torch has held on a GPU worker's device so far; {} on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
 def record_worker(run_dir: str, rank: int) -> None:
     storage.write_text(storage.join(run_dir, "_workers", f"rank{rank}.pid"), str(os.getpid()))
 

@@ -21,6 +21,7 @@ from t2l_ray.train.config import TrainConfig
 from t2l_ray.train.common import (
     LogWindow,
     MetricsLog,
+    device_memory,
     export_hypernet,
     record_worker,
     restore_checkpoint,
@@ -124,7 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
                     "lr": float(scheduler.get_last_lr()[0]),
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
                     "tokens_per_s": sums["tokens"] * world / elapsed, "samples_per_s": sums["samples"] * world / elapsed,
-                    "time": time.time(),
+                    "time": time.time(), **device_memory(device),
                 }
                 if resumed_from is not None:
                     row["resumed_from"], resumed_from = resumed_from, None

@@ -271,8 +271,8 @@ def recon_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     from t2l_ray.hypernet import TextToLoRA
-    from t2l_ray.train.common import (LogWindow, MetricsLog, export_hypernet, record_worker, restore_checkpoint,
-                                      save_and_report)
+    from t2l_ray.train.common import (LogWindow, MetricsLog, device_memory, export_hypernet, record_worker,
+                                      restore_checkpoint, save_and_report)
     from t2l_ray.train.engine import build_engine
     from t2l_ray.train.loop import TensorBoard
     from t2l_ray.train.objectives import reconstruction_loss
@@ -335,7 +335,7 @@ def recon_loop_per_worker(config: dict) -> None:
                 "step": step, "loss": sums["loss"] / window.steps, "delta_w_l1": l1, "delta_w_rel": rel,
                 "lr": float(scheduler.get_last_lr()[0]),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "samples_per_s": sums["samples"] * world / elapsed, "time": time.time(),
+                "samples_per_s": sums["samples"] * world / elapsed, "time": time.time(), **device_memory(device),
             }
             if metrics:
                 metrics.log(row)
