@@ -4,11 +4,17 @@ Every config class is a plain dataclass whose fields carry their documentation i
 `field(metadata={"doc": ...})`. `load_config(cls, path, overrides)` builds an instance from a YAML
 file (missing keys keep their defaults, unknown keys are an error naming the key) and then applies
 dotted overrides such as `train.lr=1e-4`, parsed as YAML scalars so numbers and booleans keep their type.
+
+Fields that hold a local path say so (`doc(..., path=...)`), and `load_config` makes those paths absolute
+(`resolve_paths`): Ray runs tasks, actors and train workers in other working directories, so a relative path
+must not cross to them. The rule is `local_path`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,9 +29,37 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the dataclass it is meant for."""
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING):
-    """A dataclass field with its documentation attached (shown by `t2l-ray config`)."""
-    kwargs: dict[str, Any] = {"metadata": {"doc": text}}
+PATH = "path"
+"""A field that is a local path or a URI (output folders, data files): local values are made absolute."""
+NAME_OR_PATH = "name_or_path"
+"""A field that is a hub name, a preset or an encoder spec, or a local path: made absolute only when it looks
+like a path (starts with `.`, `/` or `~`) or names something that exists here."""
+_SPEC = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")  # s3://, gs://, file://, lol:NAME, base-model:NAME
+
+
+def local_path(value: str, kind: str = PATH, names: tuple[str, ...] = ()) -> str:
+    """`value` as an absolute local path when it is one; anything else unchanged.
+
+    Unchanged: the empty string, a reserved word of the field (`names`, e.g. `suite`, `train`), a URI or a
+    `word:` spec (`s3://...`, `file://...`, `lol:NAME`, `base-model:NAME`), and for NAME_OR_PATH fields a hub
+    name or preset (`mistralai/Mistral-7B-Instruct-v0.2`, `mistral-7b-instruct-v0.2`) that is not a local
+    file or folder. Everything else is a path relative to the current directory (`~` expanded).
+    """
+    if not value or value in names or _SPEC.match(value):
+        return value
+    expanded = os.path.expanduser(value)
+    if kind == NAME_OR_PATH and not (value.startswith((".", "/", "~")) or os.path.exists(expanded)):
+        return value
+    return os.path.abspath(expanded)
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING,
+        path: str | None = None, names: tuple[str, ...] = ()):
+    """A dataclass field with its documentation attached (shown by `t2l-ray config`).
+
+    `path` (PATH or NAME_OR_PATH) marks a field that may hold a local path, `names` its reserved words;
+    `resolve_paths` makes such values absolute by `local_path`."""
+    kwargs: dict[str, Any] = {"metadata": {"doc": text, "path": path, "names": names}}
     if default is not dataclasses.MISSING:
         kwargs["default"] = default
     if default_factory is not dataclasses.MISSING:
@@ -155,8 +189,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return result
 
 
+def resolve_paths(obj: Any) -> Any:
+    """Make every path field of a config (nested sections and lists of them included) absolute, in place,
+    by `local_path`; returns `obj`. Idempotent."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            resolve_paths(value)
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            for item in value:
+                resolve_paths(item)
+        elif f.metadata.get("path") and isinstance(value, str):
+            setattr(obj, f.name, local_path(value, f.metadata["path"], f.metadata.get("names", ())))
+    return obj
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults <- YAML file <- overrides. Errors name the file and the offending key."""
+    """Defaults <- YAML file <- overrides, with path fields made absolute (`resolve_paths`; relative paths
+    are relative to the current directory, not to the YAML file). Errors name the file and the offending key."""
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
@@ -173,7 +223,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded
     data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, where)
+    return resolve_paths(from_dict(cls, data, where))
 
 
 def describe(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:

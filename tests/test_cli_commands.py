@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from t2l_ray.cli import app
 from t2l_ray.cli.main import COMMANDS, Group
 from t2l_ray.cli.recipes import RECIPES, config_class
-from t2l_ray.config import describe, load_config
+from t2l_ray.config import describe, load_config, resolve_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -77,7 +77,7 @@ def test_config_without_a_recipe_shows_the_defaults(command, tmp_path):
     shown = tmp_path / "shown.yaml"
     shown.write_text(result.output)
     cls = config_class(command)
-    assert load_config(cls, shown) == cls()
+    assert load_config(cls, shown) == resolve_paths(cls())  # relative default folders shown absolute, as used
     assert COMMANDS.get(command) is not None  # every recipe kind is a command of the map
 
 

@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
+from t2l_ray.config import NAME_OR_PATH, PATH, local_path
+
 VariantOption = typer.Option("L", "--variant", help="Hypernet variant: L, M or S.")
+
+
+def local(kind: str = PATH, names: tuple[str, ...] = ()):
+    """The typer callback of a path option: a local path is made absolute here, on the driver, by the config
+    rule (`t2l_ray.config.local_path`), before any Ray task sees it; names, presets and URIs pass unchanged."""
+    return lambda value: local_path(value, kind, names) if value else value
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -51,7 +59,8 @@ def _shapes(base_model: str, target_modules: list[str]):
 
 
 def info(
-    base_model: str = typer.Option(..., "--base-model", help="Preset name, config.json / folder, or hub name."),
+    base_model: str = typer.Option(..., "--base-model", help="Preset name, config.json / folder, or hub name.",
+                                   callback=local(NAME_OR_PATH)),
     variant: str = VariantOption,
     encoder_dim: int = typer.Option(1024, "--encoder-dim", help="Task-embedding width (gte-large: 1024)."),
     rank: int = typer.Option(8, "--rank"),
@@ -90,10 +99,12 @@ def info(
 
 
 def init_checkpoint(
-    base_model: str = typer.Option(..., "--base-model", help="Preset name, config.json / folder, or hub name."),
-    out: str = typer.Option(..., "--out", help="Where to write the checkpoint folder (path or URI)."),
+    base_model: str = typer.Option(..., "--base-model", help="Preset name, config.json / folder, or hub name.",
+                                   callback=local(NAME_OR_PATH)),
+    out: str = typer.Option(..., "--out", help="Where to write the checkpoint folder (path or URI).", callback=local()),
     variant: str = VariantOption,
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Task encoder (default: the packaged offline MiniLM)."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Task encoder (default: the packaged offline MiniLM).",
+                                          callback=local(NAME_OR_PATH)),
     rank: int = typer.Option(8, "--rank"),
     target_modules: str = typer.Option("q_proj,v_proj", "--target-modules"),
     seed: int = typer.Option(0, "--seed"),
@@ -108,9 +119,9 @@ def init_checkpoint(
 
 
 def generate(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI)."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI).", callback=local()),
     description: str = typer.Option(..., "--description", help="Plain-text task description."),
-    out: str = typer.Option(..., "--out", help="Parent folder: the adapter goes to OUT/ID/."),
+    out: str = typer.Option(..., "--out", help="Parent folder: the adapter goes to OUT/ID/.", callback=local()),
     adapter_id: Optional[str] = typer.Option(None, "--id", help="Adapter id (default: a content hash)."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16 or float32."),
 ):
@@ -138,9 +149,10 @@ def generate(
 
 
 def validate_adapter(
-    path: str = typer.Argument(..., help="Adapter folder (path or URI)."),
+    path: str = typer.Argument(..., help="Adapter folder (path or URI).", callback=local()),
     max_lora_rank: Optional[int] = typer.Option(None, "--max-lora-rank", help="Largest rank the server accepts."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", help="Check shapes against this base model."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Check shapes against this base model.",
+                                             callback=local(NAME_OR_PATH)),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Check an adapter folder against the contract; exit 0 only when valid."""

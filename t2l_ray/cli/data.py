@@ -7,16 +7,20 @@ from typing import Optional
 
 import typer
 
-from t2l_ray.cli.core import fail
+from t2l_ray.cli.core import fail, local
+from t2l_ray.config import NAME_OR_PATH
 
 
 def inspect(
-    source: str = typer.Argument(..., help="A folder of SNI task files, or 'suite' for the generated demo suite."),
+    source: str = typer.Argument(..., help="A folder of SNI task files, or 'suite' for the generated demo suite.",
+                                 callback=local(names=("suite",))),
     descriptions: Optional[str] = typer.Option(
-        None, "--descriptions", help="Descriptions file (JSON/YAML/JSONL); default: SOURCE/descriptions.json if present."
+        None, "--descriptions", help="Descriptions file (JSON/YAML/JSONL); default: SOURCE/descriptions.json if present.",
+        callback=local(),
     ),
     tokenizer: Optional[str] = typer.Option(
-        None, "--tokenizer", help="Tokenizer folder or hub name; default: a BPE trained on the source."
+        None, "--tokenizer", help="Tokenizer folder or hub name; default: a BPE trained on the source.",
+        callback=local(NAME_OR_PATH),
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated suite (SOURCE = suite)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from t2l_ray.cli.core import fail, load_checked
+from t2l_ray.cli.core import fail, load_checked, local
 
 _SHOWN_FAILURES = 20
 
@@ -35,9 +35,11 @@ def _print_summary(summary, out: str) -> None:
 
 def batch_generate(
     input_spec: str = typer.Argument(..., metavar="INPUT",
-                                     help="JSONL file, folder of .jsonl, glob, or URI; one {description, id?, metadata?} per line."),
-    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI)."),
-    out: str = typer.Option(..., "--out", help="Parent folder: adapters go to OUT/ID/, the manifest to OUT/_manifest/."),
+                                     help="JSONL file, folder of .jsonl, glob, or URI; one {description, id?, metadata?} per line.",
+                                     callback=local()),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI).", callback=local()),
+    out: str = typer.Option(..., "--out", help="Parent folder: adapters go to OUT/ID/, the manifest to OUT/_manifest/.",
+                            callback=local()),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Descriptions per hypernet forward (default 32)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Encoder and hypernet actors per stage (default 1)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first bad line; nothing after it is written."),

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from t2l_ray.cli.core import fail, load_checked
+from t2l_ray.cli.core import fail, load_checked, local
 
 
 def _url(host: str, port: int, route_prefix: str) -> str:
@@ -18,8 +18,8 @@ def _url(host: str, port: int, route_prefix: str) -> str:
 
 
 def serve_command(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI)."),
-    out: str = typer.Option(..., "--out", help="Store for adapters: POST /v1/adapters writes OUT/ID/."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI).", callback=local()),
+    out: str = typer.Option(..., "--out", help="Store for adapters: POST /v1/adapters writes OUT/ID/.", callback=local()),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the HTTP proxy binds (0.0.0.0 exposes it)."),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     config_path: Optional[str] = typer.Option(None, "--config", help="YAML of serve settings (replicas, batching, limits)."),

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from t2l_ray.cli.core import fail
+from t2l_ray.cli.core import fail, local
 
 
 def run_or_fail(run, cfg):
@@ -44,8 +44,8 @@ def train(
 
 
 def plot(
-    run_dir: str = typer.Argument(..., help="Run folder (path or URI) with a metrics.jsonl."),
-    out: Optional[str] = typer.Option(None, "--out", help="PNG path or URI (default RUN_DIR/loss.png)."),
+    run_dir: str = typer.Argument(..., help="Run folder (path or URI) with a metrics.jsonl.", callback=local()),
+    out: Optional[str] = typer.Option(None, "--out", help="PNG path or URI (default RUN_DIR/loss.png).", callback=local()),
 ):
     """Render a run's loss curves to a PNG."""
     from t2l_ray.train.plot import plot_run

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from t2l_ray.config import doc
+from t2l_ray.config import NAME_OR_PATH, PATH, doc
 
 BASE_ROW = "base"
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -16,7 +16,8 @@ _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class EvalModelConfig:
     """The base model every adapter is applied to (with PEFT)."""
 
-    name_or_path: str = doc("Preset, local folder or hub name of the base causal LM.", "mistralai/Mistral-7B-Instruct-v0.2")
+    name_or_path: str = doc("Preset, local folder or hub name of the base causal LM.", "mistralai/Mistral-7B-Instruct-v0.2",
+                            path=NAME_OR_PATH)
     init: Literal["pretrained", "random"] = doc(
         "pretrained: load the weights; random: build from the config with random weights, exactly as "
         "`t2l-ray train` does for the same name, overrides and seed (tests, CPU demo).", "pretrained"
@@ -26,7 +27,8 @@ class EvalModelConfig:
         default_factory=dict,
     )
     tokenizer: str = doc("Tokenizer folder (path or URI) or hub name; empty = the base model's own "
-                         "(a training run with model.tokenizer=train saved its BPE in {run}/tokenizer).", "")
+                         "(a training run with model.tokenizer=train saved its BPE in {run}/tokenizer).", "",
+                         path=NAME_OR_PATH)
     seed: int = doc("Seed for random init (the training run's model.seed).", 0)
     dtype: Literal["float32", "bfloat16", "float16"] = doc("Weights dtype on the workers (bfloat16 on GPUs).", "float32")
 
@@ -37,7 +39,7 @@ class AdapterSet:
 
     name: str = doc("Row label (e.g. t2l, oracle, multitask, t2l-random); 'base' is the implicit no-adapter row.")
     path: str = doc("A folder of adapter folders named by task (train-lora's oracle/, batch-generate with "
-                    "id = task name), or one adapter folder (a multi-task LoRA) used for every task.")
+                    "id = task name), or one adapter folder (a multi-task LoRA) used for every task.", path=PATH)
 
 
 @dataclass
@@ -45,7 +47,7 @@ class TaskSelection:
     """What is scored."""
 
     sni: str = doc("SNI-style tasks: 'suite' (the generated suite), a folder (path or URI) of task*.json files, "
-                   "or '' for none.", "suite")
+                   "or '' for none.", "suite", path=PATH, names=("suite",))
     sni_tasks: list[str] = doc("SNI task names to score; empty = all (for the suite: its `suite_split`).",
                                default_factory=list)
     suite_split: Literal["held_out", "train", "all"] = doc("Which suite tasks when sni_tasks is empty.", "held_out")
@@ -53,14 +55,15 @@ class TaskSelection:
     benchmarks: list[str] = doc("Any of arc_easy, arc_challenge, boolq, hellaswag, openbookqa, piqa, winogrande, "
                                 "gsm8k.", default_factory=list)
     benchmark_files: str = doc("Folder (path or URI) of local benchmark files {name}.jsonl/.json/.parquet in the "
-                               "hub's schema; empty = read from the hub through datasets.", "")
+                               "hub's schema; empty = read from the hub through datasets.", "", path=PATH)
     benchmark_hub: dict[str, str] = doc("Per-benchmark hub source override: name -> 'repo[:config][@split]'.",
                                         default_factory=dict)
 
 
 @dataclass
 class EvalRunConfig:
-    output_dir: str = doc("Where results.md, results.json, results.png and predictions/ go (path or URI).", "runs/eval")
+    output_dir: str = doc("Where results.md, results.json, results.png and predictions/ go (path or URI).", "runs/eval",
+                          path=PATH)
     limit: int = doc("At most this many examples per task, the first ones (0 = all).", 100)
     max_new_tokens: int = doc("Greedy generation length for SNI tasks.", 64)
     gsm8k_max_new_tokens: int = doc("Greedy generation length for GSM8K (it reasons before the answer).", 256)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ray import serve
 
 from t2l_ray import storage
-from t2l_ray.config import ConfigError, to_dict
+from t2l_ray.config import ConfigError, local_path, resolve_paths, to_dict
 from t2l_ray.serve.chat_front import default_base_name
 from t2l_ray.serve.chat_model import ChatModel
 from t2l_ray.serve.config import config_from_args
@@ -29,10 +29,11 @@ def build_app(args: dict) -> serve.Application:
     missing = [key for key in ("checkpoint", "out") if not args.get(key)]
     if missing:
         raise ConfigError(f"build_app needs args {missing}: serve run t2l_ray.serve:build_app checkpoint=URI out=URI")
-    checkpoint, out = str(args.pop("checkpoint")), str(args.pop("out"))
+    # replicas run in other folders: local paths cross to them absolute (t2l_ray/config.py: local_path)
+    checkpoint, out = local_path(str(args.pop("checkpoint"))), local_path(str(args.pop("out")))
     storage.resolve(out)  # an unsupported scheme fails here, not in every replica
     token = args.pop("api_token", None) or os.environ.get(TOKEN_ENV) or None
-    config = config_from_args(args.pop("config", None), args)
+    config = resolve_paths(config_from_args(args.pop("config", None), args))
     chat = None
     if config.base_model:
         config.base_name = config.base_name or default_base_name(config.base_model)

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from t2l_ray.config import ConfigError, apply_overrides, doc, from_dict, load_config, to_dict
+from t2l_ray.config import NAME_OR_PATH, ConfigError, apply_overrides, doc, from_dict, load_config, to_dict
 
 
 @dataclass
@@ -35,7 +35,8 @@ class ServeConfig:
     max_body_bytes: int = doc("Largest request body accepted, in bytes.", 1_048_576)
     dtype: Literal["bfloat16", "float32", "float16"] = doc("Dtype of the generated LoRA weights.", "bfloat16")
     # The OpenAI-compatible chat routes (serve/chat_*.py), on only with a base model.
-    base_model: str = doc("Base model (folder, URI or hub name) the chat routes answer with; empty: no chat routes.", "")
+    base_model: str = doc("Base model (folder, URI or hub name) the chat routes answer with; empty: no chat routes.", "",
+                          path=NAME_OR_PATH)
     base_name: str = doc("The base's name in `model` and /v1/models (no ':'); empty: the hub name, or the "
                          "folder's name.", "")
     chat_replicas: int = doc("ChatModel replicas, each holding one copy of the base.", 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from t2l_ray.config import doc
+from t2l_ray.config import NAME_OR_PATH, PATH, doc
 from t2l_ray.encoders import OFFLINE_DEFAULT
 from t2l_ray.hypernet import HypernetConfig
 
@@ -14,12 +14,14 @@ from t2l_ray.hypernet import HypernetConfig
 class ModelConfig:
     """The frozen base model."""
 
-    name_or_path: str = doc("Preset, local folder or hub name of the base causal LM.", "mistralai/Mistral-7B-Instruct-v0.2")
+    name_or_path: str = doc("Preset, local folder or hub name of the base causal LM.", "mistralai/Mistral-7B-Instruct-v0.2",
+                            path=NAME_OR_PATH)
     init: Literal["pretrained", "random"] = doc(
         "pretrained: load the weights; random: build from the config with random weights (tests, CPU demo).", "pretrained"
     )
     config_overrides: dict[str, Any] = doc("Config fields to override (e.g. a tiny hidden_size for the demo).", default_factory=dict)
-    tokenizer: str = doc("Tokenizer folder or hub name; empty = the base model's own; 'train' = a BPE trained on the data.", "")
+    tokenizer: str = doc("Tokenizer folder or hub name; empty = the base model's own; 'train' = a BPE trained on the data.", "",
+                         path=NAME_OR_PATH, names=("train",))
     seed: int = doc("Seed for random init.", 0)
 
 
@@ -29,9 +31,9 @@ class DataConfig:
 
     source: str = doc(
         "SNI tasks folder (path or URI); 'suite' for the generated demo suite; 'lol:NAME[,NAME]' for Lots-of-LoRAs "
-        "datasets (hub names or local .parquet/.jsonl exports).", "suite")
-    descriptions: str = doc("Descriptions file (JSON/YAML/JSONL); empty = each task's Definition.", "")
-    task_list: str = doc("File of training task names, one per line; empty = every task in the source.", "")
+        "datasets (hub names or local .parquet/.jsonl exports).", "suite", path=PATH, names=("suite",))
+    descriptions: str = doc("Descriptions file (JSON/YAML/JSONL); empty = each task's Definition.", "", path=PATH)
+    task_list: str = doc("File of training task names, one per line; empty = every task in the source.", "", path=PATH)
     exclude: list[str] = doc("Task names to leave out (T2L drops benchmark-derived tasks).", default_factory=list)
     heldout_tasks: list[str] = doc("Tasks kept out of training for evaluation.", default_factory=list)
     tasks_per_batch: int = doc("Distinct tasks in one batch, one example each (T2L: 8).", 8)
@@ -63,7 +65,7 @@ class DeepSpeedConfig:
 
 @dataclass
 class RunOptions:
-    output_dir: str = doc("Run folder (path or URI): metrics.jsonl, checkpoints, hypernet/.", "runs/t2l")
+    output_dir: str = doc("Run folder (path or URI): metrics.jsonl, checkpoints, hypernet/.", "runs/t2l", path=PATH)
     num_workers: int = doc("Ray Train workers.", 2)
     use_gpu: bool = doc("One GPU per worker.", False)
     cpus_per_worker: float = doc("CPUs per worker (fractional avoids the Ray Data starvation on small nodes).", 1.0)
@@ -78,14 +80,14 @@ class RunOptions:
 
 @dataclass
 class ReconstructionConfig:
-    library: str = doc("Folder (path or URI) of PEFT LoRA folders to reconstruct, one per task.", "")
+    library: str = doc("Folder (path or URI) of PEFT LoRA folders to reconstruct, one per task.", "", path=PATH)
     target: Literal["delta_w", "ab"] = doc("L1 on delta-W = BA (default) or on A and B directly.", "delta_w")
 
 
 @dataclass
 class TrainConfig:
     objective: Literal["sft", "reconstruction"] = doc("sft (main T2L recipe) or reconstruction of existing LoRAs.", "sft")
-    encoder: str = doc("Task encoder spec.", OFFLINE_DEFAULT)
+    encoder: str = doc("Task encoder spec: a name, a local folder, or base-model:NAME.", OFFLINE_DEFAULT, path=NAME_OR_PATH)
     model: ModelConfig = field(default_factory=ModelConfig)
     hypernet: HypernetConfig = field(default_factory=HypernetConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -118,7 +120,7 @@ class BaselineConfig:
 
     mode: Literal["oracle", "multitask", "both"] = doc(
         "oracle: one LoRA per training task; multitask: one over all of them; both.", "oracle")
-    output_dir: str = doc("Where the LoRAs go (path or URI); empty = {run.output_dir}/baselines.", "")
+    output_dir: str = doc("Where the LoRAs go (path or URI); empty = {run.output_dir}/baselines.", "", path=PATH)
     lr: float = doc("Peak learning rate of a LoRA (warmup, then linear decay).", 1e-4)
     max_steps: int = doc("Optimizer steps per LoRA (oracle: each task's; multitask: the one LoRA's).", 200)
     multitask_steps: int = doc("Optimizer steps of the multi-task LoRA; 0 = max_steps.", 0)
