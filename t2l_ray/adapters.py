@@ -33,6 +33,14 @@ META_FILE = "t2l_meta.json"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 KEY_PATTERN = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight$")
+PEFT_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)(?:\.[\w-]+)?\.weight$")
+"""Any PEFT LoRA's keys, with or without the adapter name (`lora_A.weight` as saved, `lora_A.default.weight` live)."""
+
+
+def peft_scale(config: dict) -> float:
+    """The factor PEFT applies to B @ A for a LoRA folder's `adapter_config.json` (1 for this project's adapters)."""
+    rank, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+    return alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
 
 
 def lora_key(layer: int, module: ModuleShape, which: str) -> str:

@@ -7,12 +7,16 @@ RAY_ADDRESS needs them set on its own nodes.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
+
+
+_started_here = False
 
 
 def ensure_ray():
     """Initialise Ray once per process; returns the `ray` module. A no-op when Ray is already initialised."""
+    global _started_here
     import ray
 
     if ray.is_initialized():
@@ -22,7 +26,19 @@ def ensure_ray():
         ray.init(address=address)
     else:
         ray.init(**private_cluster_options())
+    _started_here = True
     return ray
+
+
+def shutdown_if_started_here() -> None:
+    """Disconnect (and for a private cluster, stop it) when `ensure_ray` connected this process: a command
+    ends with its work, and the last lines Ray forwards from workers arrive before this returns."""
+    global _started_here
+    if _started_here:
+        import ray
+
+        ray.shutdown()
+        _started_here = False
 
 
 def private_cluster_options() -> dict:
@@ -63,10 +79,12 @@ def unadvertised(resources: dict[str, float]) -> list[str]:
 
 
 def warn_unadvertised(resources: dict[str, float], command: str, setting: str) -> list[str]:
-    """Say on stderr which of the resources `command` asks for (through `setting`) no node offers yet, so a job
-    that waits for the autoscaler, or forever on a fixed cluster, says why. Returns those names."""
+    """Warn (logger `t2l_ray`, which commands show on the console) which of the resources `command` asks for
+    (through `setting`) no node offers yet, so a job that waits for the autoscaler, or forever on a fixed
+    cluster, says why. Returns those names."""
     missing = unadvertised(resources) if resources else []
     if missing:
-        print(f"{command}: no node offers {', '.join(missing)} yet; the work waits until the autoscaler adds one "
-              f"(on a fixed cluster, forever: check `{setting}`)", file=sys.stderr)
+        logging.getLogger("t2l_ray").warning(
+            f"{command}: no node offers {', '.join(missing)} yet; the work waits until the autoscaler adds one "
+            f"(on a fixed cluster, forever: check `{setting}`)")
     return missing

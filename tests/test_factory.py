@@ -99,7 +99,8 @@ def check_manifest(out: str, ids: dict[int, str], bad: dict[int, str], source: s
 
 
 def folders(out: Path) -> set[str]:
-    return {p.name for p in out.iterdir() if p.is_dir() and p.name != manifest.MANIFEST_DIR}
+    """Adapter folders: the manifest (`_manifest/`) and the command's log (`_logs/`) are not adapters."""
+    return {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("_")}
 
 
 def batch_generate(*args: str):
@@ -268,10 +269,13 @@ def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, cluster):
     a, b = (storage.read_bytes(str(out / i / adapters.WEIGHTS_FILE)) for i in ("task-000", "task-002"))
     assert a != b  # the perturbed heads make adapters depend on the description
 
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if manifest.MANIFEST_DIR not in p.parts}
+    def adapter_files():  # not the manifest or the log, which every run adds to
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if not p.relative_to(out).parts[0].startswith("_")}
+
+    before = adapter_files()
     result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out))
     assert result.exit_code == 1 and "written             0" in result.output and "skipped           200" in result.output
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if manifest.MANIFEST_DIR not in p.parts} == before
+    assert adapter_files() == before
     check_manifest(str(out), ids, bad, source, fresh=set())
     assert len(manifest.manifest_files(str(out))) == 2
 
@@ -285,7 +289,7 @@ def test_batch_generate_on_s3(s3_server, cluster):
 
     result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", out, "--batch-size", "32")
     assert result.exit_code == 1 and "written           200" in result.output, result.output
-    assert set(storage.list_dir(out)) == every | {manifest.MANIFEST_DIR}
+    assert set(storage.list_dir(out)) == every | {manifest.MANIFEST_DIR, "_logs"}
     check_manifest(out, ids, bad, source, fresh=every)
     for adapter_id in sorted(every):
         check = runner.invoke(app, ["validate-adapter", storage.join(out, adapter_id)])

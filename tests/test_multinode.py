@@ -437,7 +437,8 @@ def test_generation_survives_losing_the_worker_node(cluster, trained, work):
         assert status == "SUCCEEDED", cluster.logs(rerun)[-6000:]
         runs = 2
 
-    assert sorted(p.name for p in out.iterdir()) == sorted([*ids, manifest.MANIFEST_DIR])  # one folder per line
+    # one folder per line, beside the manifest and the command's log
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ids, manifest.MANIFEST_DIR, "_logs"])
     assert complete_adapters(out) == set(ids)
     rows = manifest.latest_by_line(str(out))
     assert sorted(rows) == list(range(1, GEN_LINES + 1))

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from console_check import framework_records
 from typer.testing import CliRunner
 
 from t2l_ray.cli import app
@@ -89,7 +90,9 @@ def test_training_and_the_factory_write_into_relative_folders_of_the_current_one
         "train", "--config", str(ROOT / "jobs" / "demo_cpu.yaml"), "--output-dir", "runs/rel",
         "--set", "optim.max_steps=4", "--set", "run.log_every=2", "--set", "run.checkpoint_every=2"])
     assert trained.exit_code == 0, trained.output
+    assert framework_records(trained.output) == [], trained.output  # they went to the run's log file
     run = cwd / "runs" / "rel"
+    assert framework_records((run / "logs" / "t2l-ray.log").read_text())  # the workers' lines, for instance
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 4]
     assert (run / "hypernet" / "hypernet.json").is_file() and any((run / "tensorboard").iterdir())
     assert sorted(p.name for p in (run / "_workers").iterdir()) == ["rank0.pid", "rank1.pid"]

@@ -58,3 +58,22 @@ def test_a_code_error_in_the_loop_stops_the_run_at_once_with_its_traceback(ray_c
     assert 'raise ValueError("a recipe the workers cannot run")' in error.worker_traceback
     assert sorted(p.name.split("-")[0] for p in attempts.iterdir()) == ["rank0", "rank1"], "restarted a code error"
     assert time.time() - started < 120
+
+
+def test_the_command_shows_a_code_errors_worker_traceback_once_then_one_line():
+    import typer
+    from typer.testing import CliRunner
+
+    from t2l_ray.cli.train import run_or_fail
+
+    cfg = load_config(TrainConfig, None, [])
+    worker_traceback = 'Traceback (most recent call last):\n  File "loop.py", line 9, in loop\nOSError: no weights\n'
+
+    def run(_):
+        raise WorkerCodeError(0, "OSError: no weights", worker_traceback)
+
+    app = typer.Typer()
+    app.command()(lambda: run_or_fail(run, cfg))
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 1 and result.output.count("Traceback") == 1
+    assert result.output.strip().splitlines()[-1] == "error: training stopped on a code error, rank 0: OSError: no weights"

@@ -19,7 +19,10 @@ def local(kind: str = PATH, names: tuple[str, ...] = ()):
 
 
 def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """One line on stderr (the terminal's, also while a command's logs go to a file), then exit."""
+    from t2l_ray.cli.console import echo
+
+    echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -172,3 +175,4 @@ def validate_adapter(
             typer.echo(f"  - {error}", err=True)
     if not report.ok:
         raise typer.Exit(1)
+

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from t2l_ray.cli.console import VerboseOption, capture, echo
 from t2l_ray.cli.core import fail, load_checked, local
 
 _SHOWN_FAILURES = 20
@@ -19,18 +20,18 @@ def _overrides(batch_size, concurrency, max_chars, dtype, fail_fast) -> list[str
 
 
 def _print_summary(summary, out: str) -> None:
-    typer.echo(f"batch-generate: {summary.lines} lines -> {out}")
+    echo(f"batch-generate: {summary.lines} lines -> {out}")
     for label, value in (("written", summary.written), ("skipped", summary.skipped), ("failed", summary.failed),
                          ("adapters/s", f"{summary.adapters_per_s:.1f}"), ("MB/s", f"{summary.mb_per_s:.2f}")):
-        typer.echo(f"  {label:<11}{value:>10}")
+        echo(f"  {label:<11}{value:>10}")
     for uri in summary.manifest:
-        typer.echo(f"  manifest   {uri}")
+        echo(f"  manifest   {uri}")
     if summary.stopped_at is not None:
-        typer.echo(f"stopped at line {summary.stopped_at} (--fail-fast): later lines were not processed", err=True)
+        echo(f"stopped at line {summary.stopped_at} (--fail-fast): later lines were not processed", err=True)
     for row in summary.failures[:_SHOWN_FAILURES]:
-        typer.echo(f"failed line {row['line']}: {row['error']}", err=True)
+        echo(f"failed line {row['line']}: {row['error']}", err=True)
     if len(summary.failures) > _SHOWN_FAILURES:
-        typer.echo(f"... and {len(summary.failures) - _SHOWN_FAILURES} more failed lines (see the manifest)", err=True)
+        echo(f"... and {len(summary.failures) - _SHOWN_FAILURES} more failed lines (see the manifest)", err=True)
 
 
 def batch_generate(
@@ -47,25 +48,31 @@ def batch_generate(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default bfloat16)."),
     config_path: Optional[str] = typer.Option(None, "--config", help="YAML file of factory settings (e.g. num_gpus)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set num_gpus=1."),
+    verbose: bool = VerboseOption,
 ):
-    """Generate one adapter per line of a JSONL file on Ray; exit 1 when any line failed."""
-    from tqdm import tqdm
+    """Generate one adapter per line of a JSONL file on Ray; exit 1 when any line failed.
 
+    Ray's logs go to OUT/_logs/t2l-ray.log (named in the summary)."""
+    from t2l_ray import storage
     from t2l_ray.factory import FactoryConfig, run_factory
 
     config = load_checked(FactoryConfig, config_path,
                           [*overrides, *_overrides(batch_size, concurrency, max_chars, dtype, fail_fast)])
-    bar = tqdm(unit="line", desc="batch-generate", disable=None)
-    try:
-        summary = run_factory(
-            input_spec, checkpoint, out, config,
-            on_plan=lambda plan: bar.reset(total=plan.total),
-            on_row=lambda row: bar.update(1),
-        )
-    except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
-    finally:
-        bar.close()
-    _print_summary(summary, out)
+    with capture(storage.join(out, "_logs"), verbose) as console:
+        bar = console.progress("batch-generate", "line")
+
+        def on_row(row: dict) -> None:  # the rate counts adapters made now, not lines settled by the plan
+            bar.update(1) if row["status"] == "written" else bar.skip(1)
+
+        try:
+            summary = run_factory(input_spec, checkpoint, out, config, on_plan=lambda plan: bar.reset(plan.total),
+                                  on_row=on_row)
+        except (FileNotFoundError, ValueError) as error:
+            fail(str(error))
+        finally:
+            bar.close()
+        _print_summary(summary, out)
+        if console.log:
+            echo(f"  logs       {console.log}")
     if summary.failed:
         raise typer.Exit(1)

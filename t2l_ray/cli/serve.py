@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
+from t2l_ray.cli.console import VerboseOption, capture
 from t2l_ray.cli.core import fail, load_checked, local
+from t2l_ray.config import NAME_OR_PATH
 
 
 def _url(host: str, port: int, route_prefix: str) -> str:
@@ -25,12 +27,15 @@ def serve_command(
     config_path: Optional[str] = typer.Option(None, "--config", help="YAML of serve settings (replicas, batching, limits)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set max_batch_size=64."),
     base_model: Optional[str] = typer.Option(
-        None, "--base-model", help="Base model (folder, URI or hub name): adds the OpenAI-compatible chat routes."),
+        None, "--base-model", help="Base model (folder, URI or hub name): adds the OpenAI-compatible chat routes.",
+        callback=local(NAME_OR_PATH)),
+    verbose: bool = VerboseOption,
 ):
     """Serve POST /v1/adapters (descriptions in, adapters out) on Ray Serve until Ctrl-C; with --base-model,
     also OpenAI's /v1/chat/completions, /v1/completions and /v1/models, answered with the store's adapters.
 
-    With T2L_API_TOKEN set in this environment, /v1 routes need `Authorization: Bearer <token>`.
+    With T2L_API_TOKEN set in this environment, /v1 routes need `Authorization: Bearer <token>`. Ray's and
+    Serve's logs (one line per request among them) go to OUT/_logs/t2l-ray.log.
     """
     from t2l_ray import storage
     from t2l_ray.checkpoint import read_checkpoint_config
@@ -49,6 +54,11 @@ def serve_command(
     if not 0 < port < 65536:
         fail(f"--port must be in 1..65535, not {port}")
 
+    with capture(storage.join(out, "_logs"), verbose) as console:
+        _serve(console, checkpoint, out, host, port, config, build_app)
+
+
+def _serve(console, checkpoint: str, out: str, host: str, port: int, config, build_app) -> None:
     from ray import serve
 
     from t2l_ray.raycluster import ensure_ray
@@ -68,19 +78,21 @@ def serve_command(
         except RuntimeError as error:
             fail(f"the Serve application did not start: {error}", code=1)
         url = _url(host, port, config.route_prefix)
-        typer.echo(f"serving {checkpoint} -> {out}")
-        typer.echo(f"  POST {url}/v1/adapters    GET {url}/v1/adapters/ID    {url}/healthz    {url}/docs")
+        console.echo(f"serving {checkpoint} -> {out}")
+        console.echo(f"  POST {url}/v1/adapters    GET {url}/v1/adapters/ID    {url}/healthz    {url}/docs")
         if config.base_model:
             from t2l_ray.serve.chat_front import default_base_name
 
             name = config.base_name or default_base_name(config.base_model)
-            typer.echo(f"  chat with {config.base_model} (model {name!r}, an adapter id, or 't2l:<description>'):")
-            typer.echo(f"  POST {url}/v1/chat/completions    POST {url}/v1/completions    GET {url}/v1/models")
-        typer.echo("Ctrl-C stops it.")
+            console.echo(f"  chat with {config.base_model} (model {name!r}, an adapter id, or 't2l:<description>'):")
+            console.echo(f"  POST {url}/v1/chat/completions    POST {url}/v1/completions    GET {url}/v1/models")
+        if console.log:
+            console.echo(f"  logs {console.log}")
+        console.echo("Ctrl-C stops it.")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        typer.echo("shutting down")
+        console.echo("shutting down")
     finally:
         signal.signal(signal.SIGTERM, previous)
         try:

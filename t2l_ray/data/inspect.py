@@ -94,6 +94,10 @@ class DataSummary:
             **self.sources,
         }
 
+    def totals(self) -> str:
+        return (f"{len(self.tasks)} tasks, {self.total_instances:,} instances, {self.total_tokens:,} tokens "
+                f"({self.total_prompt_tokens:,} prompt + {self.total_response_tokens:,} response)")
+
     def table(self) -> str:
         width = max([len("task"), *(len(t.name) for t in self.tasks)])
         lines = [f"{'task':<{width}}  {'instances':>9}  {'descriptions':>12}  {'prompt tok':>10}  {'response tok':>12}"]
@@ -102,10 +106,7 @@ class DataSummary:
             f"{t.mean_response_tokens:>12.1f}"
             for t in self.tasks
         ]
-        lines.append(
-            f"{len(self.tasks)} tasks, {self.total_instances:,} instances, {self.total_tokens:,} tokens "
-            f"({self.total_prompt_tokens:,} prompt + {self.total_response_tokens:,} response); token columns are means"
-        )
+        lines.append(f"{self.totals()}; token columns are means")
         lines += [f"{key}: {value}" for key, value in self.sources.items()]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")

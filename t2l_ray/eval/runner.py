@@ -296,7 +296,9 @@ def preflight(cfg: EvalConfig, scratch: str) -> None:
 def run_eval(cfg: EvalConfig, on_item=None, on_plan=None) -> EvalResult:
     """Score every (row, task) cell on Ray and write the report.
 
-    `on_plan(number of items)` is called once the work is known, `on_item(result)` for each finished cell.
+    `on_plan({"rows", "tasks", "items", "missing", "examples"})` is called once the work is known (counts: table
+    rows, tasks, cells to score, cells without an adapter, examples per row), `on_item(result)` for each
+    finished cell.
     Raises FileNotFoundError / ValueError for missing adapter sets, tasks or benchmark files.
     """
     from ray.util import ActorPool
@@ -318,11 +320,9 @@ def run_eval(cfg: EvalConfig, on_item=None, on_plan=None) -> EvalResult:
             elif task.name in chosen[row]:
                 items.append({"set": row, "task": task.name, "adapter": chosen[row][task.name]})
     result = EvalResult(cfg, tasks, rows, missing=missing)
-    print(f"eval: {len(rows)} rows x {len(tasks)} tasks = {len(items)} items"
-          f"{f' ({len(missing)} cells have no adapter)' if missing else ''}; "
-          f"{sum(len(t.examples) for t in tasks)} examples per row")
     if on_plan is not None:
-        on_plan(len(items))
+        on_plan({"rows": len(rows), "tasks": len(tasks), "items": len(items), "missing": len(missing),
+                 "examples": sum(len(t.examples) for t in tasks)})
 
     ray = ensure_ray()
     refs = {t.name: ray.put(t) for t in tasks}

@@ -28,6 +28,7 @@ local folder is given, else from `{folder}/{name}.jsonl` (or `.json`, `.parquet`
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,8 +81,8 @@ def sni_tasks(source: str, names: list[str], split: str, limit: int, scratch: st
     else:
         folder = storage.local_copy(source, scratch, suffix=".json")
         tasks, skipped = load_sni(folder, task_list=names or None)
-        for item in skipped:
-            print(f"eval: skipped {item.file}: {item.reason}")
+        for item in skipped:  # logger t2l_ray: commands show its warnings on the console
+            logging.getLogger("t2l_ray").warning(f"eval: skipped {item.file}: {item.reason}")
         chosen = tasks
     return [
         EvalTask(t.name, "generate", "rouge_l", [sni_example(t.definition, i) for i in _first(t.instances, limit)],

@@ -37,6 +37,7 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 import torch
 
 from t2l_ray import adapters, storage
@@ -157,7 +158,7 @@ def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, see
     engine, _, scheduler = build_engine(model, engine_cfg)
     torch.manual_seed(_seed(b.seed, f"{seed_key}:noise:{rank}"))
     device = next(p for p in engine.module.parameters() if p.requires_grad).device
-    history, window, started = [], LogWindow(), time.perf_counter()
+    history, window, started = [], LogWindow(device), time.perf_counter()
     for step in range(steps):
         for micro in range(cfg.optim.grad_accum):
             batch = examples.batch(random.Random(f"{b.seed}:{seed_key}:{rank}:{step}:{micro}"), b.batch_size, device)
@@ -177,7 +178,7 @@ def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, see
             history.append(row)
             if log is not None:
                 log(row)
-            window = LogWindow()
+            window = LogWindow(device)
     return engine, history
 
 
@@ -262,21 +263,14 @@ def _write_log(uri: str, rows: list[dict]) -> None:
     storage.write_text(uri, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def run_oracle(cfg: BaselineRecipe, out: str, tasks, descriptions: dict[str, list[str]], shapes: BaseShapes,
-               tokenizer: str) -> dict[str, dict]:
-    """Fan the oracle LoRAs out over Ray tasks; returns task -> result as each job finishes."""
+def run_oracle(cfg: BaselineRecipe, out: str, todo, descriptions: dict[str, list[str]], shapes: BaseShapes,
+               tokenizer: str, on_lora: Callable[[dict], None] | None = None) -> dict[str, dict]:
+    """Fan the oracle LoRAs of `todo` out over Ray tasks; returns task -> result, passing each to `on_lora`
+    as its job finishes."""
     import ray
 
     b = cfg.baseline
-    todo, done = [], {}
-    for task in tasks:
-        target = storage.join(out, "oracle", task.name)
-        if adapters.is_complete(target):
-            done[task.name] = {"task": task.name, "uri": target, "skipped": True}
-        else:
-            todo.append(task)
-    if done:
-        print(f"oracle: {len(done)} of {len(tasks)} LoRAs already written, skipped")
+    done = {}
     config = {"recipe": to_dict(cfg), "out": out, "shapes": shapes.to_dict(), "tokenizer": tokenizer}
     config_ref = ray.put(config)
     remote = ray.remote(
@@ -286,15 +280,12 @@ def run_oracle(cfg: BaselineRecipe, out: str, tasks, descriptions: dict[str, lis
     pending = [remote.remote(config_ref, [{"task": t.name, "rows": task_rows(t, b.max_examples_per_task, b.seed),
                                             "descriptions": descriptions[t.name]}
                                           for t in chunk]) for chunk in chunks]
-    if pending:
-        print(f"oracle: {len(todo)} LoRAs in {len(pending)} Ray tasks of up to {b.tasks_per_job}")
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         for result in ray.get(ready[0]):
             done[result["task"]] = result
-            if not result.get("skipped"):
-                print(f"oracle {len(done)}/{len(tasks)}: {result['task']} loss {result['first_loss']:.3f} -> "
-                      f"{result['final_loss']:.3f} ({result['seconds']:.0f}s)")
+            if on_lora is not None and not result.get("skipped"):
+                on_lora(result)
     return done
 
 
@@ -354,7 +345,6 @@ def run_multitask(cfg: BaselineRecipe, out: str, tasks, shapes: BaseShapes, toke
     b = cfg.baseline
     rows = [row for task in tasks for row in task_rows(task, b.max_examples_per_task, b.seed)]
     steps = b.multitask_steps or b.max_steps
-    print(f"multitask: one LoRA over {len(tasks)} tasks ({len(rows)} examples), {steps} steps on {cfg.run.num_workers} workers")
     started = time.time()
     run = storage.join(out, "_ray", f"multitask-{time.strftime('%Y%m%d-%H%M%S')}")  # fresh: never resumes old runs
     trainer = make_trainer(cfg, multitask_loop_per_worker, {
@@ -363,7 +353,6 @@ def run_multitask(cfg: BaselineRecipe, out: str, tasks, shapes: BaseShapes, toke
     }, run)
     fit(trainer)
     meta = json.loads(storage.read_text(storage.join(out, "multitask", adapters.META_FILE)))
-    print(f"multitask: loss {meta['first_loss']:.3f} -> {meta['final_loss']:.3f} ({time.time() - started:.0f}s)")
     return {"task": "multitask", "uri": storage.join(out, "multitask"), "steps": steps, "first_loss": meta["first_loss"],
             "final_loss": meta["final_loss"], "seconds": time.time() - started}
 
@@ -375,8 +364,14 @@ def default_output_dir(cfg: BaselineRecipe) -> str:
     return cfg.baseline.output_dir or storage.join(cfg.run.output_dir, "baselines")
 
 
-def run_baselines(cfg: BaselineRecipe) -> str:
-    """Train the baselines of `baseline.mode`; returns the output folder URI."""
+def run_baselines(cfg: BaselineRecipe, on_plan: Callable[[dict], None] | None = None,
+                  on_lora: Callable[[dict], None] | None = None) -> str:
+    """Train the baselines of `baseline.mode`; returns the output folder URI.
+
+    `on_plan` gets `{"tasks", "instances", "skipped", "oracle" (LoRAs to train), "oracle_written" (already
+    there), "multitask" (0 or 1)}` once the data is ready;
+    `on_lora` each finished LoRA's result (`task`, `uri`, `steps`, `first_loss`, `final_loss`, `seconds`;
+    `task` is "multitask" for the multi-task LoRA)."""
     from t2l_ray.raycluster import ensure_ray
     from t2l_ray.train.common import hypernet_shapes, prepare_tokenizer, select_tasks
 
@@ -394,17 +389,22 @@ def run_baselines(cfg: BaselineRecipe) -> str:
         if cfg.model.tokenizer == "train" and cfg.model.init == "random":
             cfg.model.config_overrides = {**cfg.model.config_overrides, "vocab_size": vocab_size}
         shapes = hypernet_shapes(cfg)
-        print(f"data: {len(tasks)} tasks, {sum(len(t.instances) for t in tasks)} instances, {len(skipped)} skipped; "
-              f"LoRA r={cfg.hypernet.rank} alpha={cfg.hypernet.lora_alpha} rslora={cfg.hypernet.use_rslora} on "
-              f"{', '.join(cfg.hypernet.target_modules)} (scale {cfg.hypernet.scale:.3f} folded into B)")
-        if b.mode in ("oracle", "both"):
+        todo = [t for t in tasks if not adapters.is_complete(storage.join(out, "oracle", t.name))] \
+            if b.mode in ("oracle", "both") else []  # re-runs skip the oracle LoRAs already written
+        if on_plan is not None:
+            on_plan({"tasks": len(tasks), "instances": sum(len(t.instances) for t in tasks), "skipped": len(skipped),
+                     "oracle": len(todo), "oracle_written": len(tasks) - len(todo) if b.mode != "multitask" else 0,
+                     "multitask": int(b.mode in ("multitask", "both"))})
+        if todo:
             summary["oracle"] = {**summary.get("oracle", {}), **{
-                task: result for task, result in run_oracle(cfg, out, tasks, descriptions, shapes, tokenizer).items()
+                task: result for task, result in run_oracle(cfg, out, todo, descriptions, shapes, tokenizer, on_lora).items()
                 if not result.get("skipped")}}
             storage.write_text(summary_uri, json.dumps(summary, indent=2))
         if b.mode in ("multitask", "both"):
             summary["multitask"] = run_multitask(cfg, out, tasks, shapes, tokenizer)
             storage.write_text(summary_uri, json.dumps(summary, indent=2))
+            if on_lora is not None:
+                on_lora(summary["multitask"])
     return out
 
 

@@ -33,33 +33,41 @@ STATE_FILE = "trainer_state.json"
 # ---------------------------------------------------------------------------------------------- worker side
 
 
+def read_rows(uri: str) -> list[dict]:
+    """The rows of a JSONL metrics file; none while it does not exist yet."""
+    try:
+        lines = storage.read_text(uri).splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 class MetricsLog:
     """`{run}/metrics.jsonl`, rewritten whole on each log so it works on object stores (no appends there)."""
 
     def __init__(self, run_dir: str, resume_step: int, name: str = "metrics.jsonl"):
         self.uri = storage.join(run_dir, name)
-        self.rows: list[dict] = []
-        if storage.exists(self.uri):
-            rows = [json.loads(line) for line in storage.read_text(self.uri).splitlines() if line.strip()]
-            self.rows = [r for r in rows if r["step"] <= resume_step]  # the loss curve continues, never restarts
+        # the loss curve continues from the restored step, never restarts
+        self.rows: list[dict] = [r for r in read_rows(self.uri) if r["step"] <= resume_step]
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
         storage.write_text(self.uri, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
-def mean_across_workers(values) -> torch.Tensor:
+def mean_across_workers(values, device: torch.device | None = None) -> torch.Tensor:
     """The mean of each value over all workers, as a float64 tensor on this worker's device.
 
-    The tensor is built and reduced on Ray's device for this worker (`ray.train.torch.get_device()`, cuda:N
-    on GPU workers): nccl reduces CUDA tensors only and refuses others ("No backend type associated with
-    device type cpu"). `values` may be numbers or device tensors, so nothing waits for the device until the
+    The tensor is built and reduced on `device`, by default Ray Train's device for this worker
+    (`ray.train.torch.get_device()`, cuda:N on GPU workers): nccl reduces CUDA tensors only and refuses others
+    ("No backend type associated with device type cpu"). Code outside a Ray Train worker (the oracle LoRA
+    jobs) passes its own. `values` may be numbers or device tensors, so nothing waits for the device until the
     caller reads the result, once per log step. Outside a process group the values come back as they are.
     """
     import ray.train.torch
     import torch.distributed as dist
 
-    device = ray.train.torch.get_device()
+    device = device or ray.train.torch.get_device()
     tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
     if dist.is_initialized():
         dist.all_reduce(tensor)
@@ -74,7 +82,8 @@ class LogWindow:
     The sums are read once per log step instead, averaged over the workers in one collective.
     """
 
-    def __init__(self):
+    def __init__(self, device: torch.device | None = None):
+        self.device = device  # None: Ray Train's device for this worker (see mean_across_workers)
         self.sums: dict[str, torch.Tensor | float] = {}
         self.steps = 0
         self.started = time.perf_counter()
@@ -89,7 +98,7 @@ class LogWindow:
     def mean_sums(self) -> dict[str, float]:
         """Each value's sum over this window, averaged over the workers (divide by `steps` for a per-step mean)."""
         names = sorted(self.sums)
-        return dict(zip(names, mean_across_workers([self.sums[n] for n in names]).tolist()))
+        return dict(zip(names, mean_across_workers([self.sums[n] for n in names], self.device).tolist()))
 
     @property
     def seconds(self) -> float:
@@ -169,30 +178,6 @@ def write_run_config(cfg, run_dir: str) -> None:
     storage.write_text(storage.join(run_dir, "config.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def watch_progress(run_dir: str, total: int, stop: threading.Event, name: str = "metrics.jsonl", desc: str = "train") -> None:
-    """Drive a progress bar from `{run}/metrics.jsonl` (the workers write it; the driver only reads)."""
-    from tqdm.auto import tqdm
-
-    uri = storage.join(run_dir, name)
-    with tqdm(total=total, desc=desc, unit="step") as bar:
-        while not stop.wait(2.0):
-            try:
-                lines = storage.read_text(uri).splitlines()
-            except FileNotFoundError:
-                continue
-            if not lines:
-                continue
-            last = json.loads(lines[-1])
-            bar.n = last["step"]
-            postfix = {"loss": f"{last['loss']:.4f}"}
-            if "lr" in last:
-                postfix["lr"] = f"{last['lr']:.2e}"
-            if "samples_per_s" in last:
-                postfix["samples_s"] = f"{last['samples_per_s']:.1f}"
-            bar.set_postfix(**postfix)
-            bar.refresh()
-
-
 def make_trainer(cfg, train_loop, loop_config: dict, run_dir: str, datasets: dict | None = None):
     """A TorchTrainer whose Ray Train run folder IS `run_dir` (a path or URI), with the recipe's scaling,
     backend, checkpoint retention, and `run.max_failures` restarts for lost workers only (a code error stops
@@ -221,12 +206,33 @@ def make_trainer(cfg, train_loop, loop_config: dict, run_dir: str, datasets: dic
     )
 
 
-def fit_with_progress(trainer, run_dir: str, total_steps: int) -> float:
-    """`trainer.fit()` (`failures.fit`) with a driver-side progress bar; returns the seconds it took."""
+def fit_reporting(trainer, run_dir: str, on_row: Callable[[dict], None] | None = None,
+                  name: str = "metrics.jsonl") -> float:
+    """`trainer.fit()` (`failures.fit`), calling `on_row` with each new row of `{run}/metrics.jsonl` while it
+    runs (the workers write the file, the driver reads it every 2 s); returns the seconds it took.
+
+    Rows are passed once, in step order: after a restore the workers log again from the checkpoint's step,
+    and rows at or below the last one passed are skipped. Rows already in the file (an earlier run that
+    this one resumes) are not passed."""
     from t2l_ray.train.failures import fit
 
+    uri = storage.join(run_dir, name)
+    last = {"step": max((row["step"] for row in read_rows(uri)), default=0)}
+
+    def deliver() -> None:
+        for row in read_rows(uri):
+            if row["step"] > last["step"]:
+                last["step"] = row["step"]
+                if on_row is not None:
+                    on_row(row)
+
     stop = threading.Event()
-    watcher = threading.Thread(target=watch_progress, args=(run_dir, total_steps, stop), daemon=True)
+
+    def watch() -> None:
+        while not stop.wait(2.0):
+            deliver()
+
+    watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.time()
     try:
@@ -234,6 +240,7 @@ def fit_with_progress(trainer, run_dir: str, total_steps: int) -> float:
     finally:
         stop.set()
         watcher.join(timeout=5)
+    deliver()
     return time.time() - started
 
 

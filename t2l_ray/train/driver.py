@@ -6,6 +6,9 @@ else starts a local one. The run folder (`run.output_dir`, a path or URI) holds 
 (`checkpoint_*`), `hypernet/`, the latest exported hypernet, and `base/` when the base has random weights
 (`model.init: random`): the base itself, which the hypernet and its adapters name. Running the same command
 again with the same output folder resumes from the latest checkpoint.
+
+Nothing here prints: `on_data` gets the data summary once the data is ready, `on_row` every metrics row as
+the workers log it (the CLI draws its progress and metric lines from them).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from t2l_ray import storage
 from t2l_ray.config import to_dict
 from t2l_ray.train.common import (
-    fit_with_progress,
+    fit_reporting,
     hypernet_shapes,
     make_trainer,
     prepare_tokenizer,
@@ -38,14 +42,13 @@ def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
     tokenizer_dir, vocab_size = prepare_tokenizer(cfg, tasks, run_dir, scratch)
     summary = summarize(tasks, skipped, by_task, load_tokenizer(tokenizer_dir), cfg.data.max_prompt_tokens,
                         cfg.data.max_response_tokens)
-    print(summary.table())
     storage.write_text(storage.join(run_dir, "data_summary.json"), json.dumps(summary.to_dict(), indent=2))
     texts = sorted({text for values in by_task.values() for text in values})
     table, stats = embed_descriptions(texts, cfg.encoder, cache_uri(run_dir, cfg.encoder))
     return {
         "tasks": tasks, "skipped": skipped, "task_uris": _task_uris(cfg, tasks, run_dir), "descriptions": by_task,
         "tokenizer_dir": tokenizer_dir, "vocab_size": vocab_size, "embeddings": table, "embedding_stats": stats,
-        "encoder_dim": len(table["embedding"][0]),
+        "encoder_dim": len(table["embedding"][0]), "summary": summary,
     }
 
 
@@ -83,8 +86,10 @@ def save_random_base(cfg: TrainConfig, run_dir: str, tokenizer_dir: str) -> str:
     return uri
 
 
-def run_training(cfg: TrainConfig) -> str:
-    """Train; returns the run folder URI."""
+def run_training(cfg: TrainConfig, on_data: Callable[[dict], None] | None = None,
+                 on_row: Callable[[dict], None] | None = None) -> str:
+    """Train; returns the run folder URI. `on_data` gets `{"summary": DataSummary, "embeddings": EmbeddingStats}`
+    (reconstruction: `{"library": ..., ...}`, see `recon.run_reconstruction`), `on_row` each metrics row."""
     from t2l_ray.data.pipeline import build_sft_dataset
     from t2l_ray.raycluster import ensure_ray
     from t2l_ray.train.loop import train_loop_per_worker
@@ -93,13 +98,14 @@ def run_training(cfg: TrainConfig) -> str:
     if cfg.objective == "reconstruction":
         from t2l_ray.train.recon import run_reconstruction
 
-        return run_reconstruction(cfg)
+        return run_reconstruction(cfg, on_data=on_data, on_row=on_row)
     ensure_ray()
     run_dir = cfg.run.output_dir
     write_run_config(cfg, run_dir)
     with tempfile.TemporaryDirectory() as scratch:
         data = prepare_data(cfg, run_dir, scratch)
-        print(f"embeddings: {data['embedding_stats'].computed} computed, {data['embedding_stats'].hits} cached")
+        if on_data is not None:
+            on_data({"summary": data["summary"], "embeddings": data["embedding_stats"]})
         if cfg.model.tokenizer == "train" and cfg.model.init == "random":
             cfg.model.config_overrides = {**cfg.model.config_overrides, "vocab_size": data["vocab_size"]}
         dataset = build_sft_dataset(
@@ -114,6 +120,5 @@ def run_training(cfg: TrainConfig) -> str:
         loop_config = {"train": to_dict(cfg), "run_dir": run_dir, "shapes": shapes.to_dict(),
                        "encoder_dim": data["encoder_dim"], "encoder": cfg.encoder}
         trainer = make_trainer(cfg, train_loop_per_worker, loop_config, run_dir, datasets={"train": dataset})
-        seconds = fit_with_progress(trainer, run_dir, cfg.optim.max_steps)
-    print(f"trained {cfg.optim.max_steps} steps in {seconds:.0f}s; hypernet: {storage.join(run_dir, 'hypernet')}")
+        fit_reporting(trainer, run_dir, on_row)
     return run_dir

@@ -27,6 +27,13 @@ def read_metrics(run_dir: str) -> list[dict]:
     return rows
 
 
+def loss_change(rows: list[dict], key: str = "loss") -> tuple[float, float]:
+    """(mean of the first fifth, mean of the last fifth) of the logged rows' `key`: a loss curve's start and end
+    without the noise of single steps."""
+    fifth = max(1, len(rows) // 5)
+    return (sum(r[key] for r in rows[:fifth]) / fifth, sum(r[key] for r in rows[-fifth:]) / fifth)
+
+
 def plot_run(run_dir: str, out: str | None = None) -> str:
     """Render loss (and the LM part of it) and the learning rate against the step; returns the PNG's URI."""
     import matplotlib

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,15 +34,11 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from t2l_ray import storage
-from t2l_ray.adapters import CONFIG_FILE, META_FILE, WEIGHTS_FILE
+from t2l_ray.adapters import CONFIG_FILE, META_FILE, PEFT_KEY, WEIGHTS_FILE, peft_scale
 from t2l_ray.config import from_dict
 from t2l_ray.hypernet import LoraWeights
 from t2l_ray.shapes import BaseShapes
 from t2l_ray.train.config import TrainConfig
-
-PEFT_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)(?:\.[\w-]+)?\.weight$")
-"""PEFT LoRA keys, with or without the adapter name (`lora_A.weight` as saved, `lora_A.default.weight` live)."""
-
 
 class LibraryError(ValueError):
     """A LoRA library that cannot be reconstructed; the message names the folder and the problem."""
@@ -65,8 +60,7 @@ class LibraryEntry:
     @property
     def scale(self) -> float:
         """The factor PEFT applies to B @ A for this folder."""
-        rank, alpha = self.rank, float(self.config.get("lora_alpha", self.rank))
-        return alpha / (rank ** 0.5 if self.config.get("use_rslora") else rank)
+        return peft_scale(self.config)
 
     def meta_descriptions(self) -> list[str]:
         listed = self.meta.get("descriptions")
@@ -349,14 +343,15 @@ def recon_loop_per_worker(config: dict) -> None:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_reconstruction(cfg: TrainConfig) -> str:
+def run_reconstruction(cfg: TrainConfig, on_data=None, on_row=None) -> str:
     """Train the hypernet to reconstruct `reconstruction.library`; returns the run folder URI.
 
     Runs on the current Ray cluster (RAY_ADDRESS, or the job's), else a private local one; the same
-    `run.output_dir` again resumes from its latest checkpoint."""
+    `run.output_dir` again resumes from its latest checkpoint. `on_data` gets `{"library": URI, "loras": N,
+    "ranks": [...], "descriptions": N, "embeddings": EmbeddingStats}`, `on_row` each metrics row."""
     from t2l_ray.data.pipeline import cache_uri, embed_descriptions
     from t2l_ray.raycluster import ensure_ray
-    from t2l_ray.train.common import fit_with_progress, hypernet_shapes, make_trainer, write_run_config
+    from t2l_ray.train.common import fit_reporting, hypernet_shapes, make_trainer, write_run_config
 
     cfg.check()
     if cfg.objective != "reconstruction":
@@ -371,16 +366,15 @@ def run_reconstruction(cfg: TrainConfig) -> str:
     texts = sorted({t for values in descriptions.values() for t in values})
     embeddings_uri = cache_uri(run_dir, cfg.encoder)
     table, stats = embed_descriptions(texts, cfg.encoder, embeddings_uri)
-    ranks = sorted({e.rank for e in entries.values()})
-    print(f"library: {len(entries)} LoRAs (rank {'/'.join(map(str, ranks))}) from {cfg.reconstruction.library}; "
-          f"{len(texts)} descriptions, embeddings: {stats.computed} computed, {stats.hits} cached")
+    if on_data is not None:
+        on_data({"library": cfg.reconstruction.library, "loras": len(entries), "descriptions": len(texts),
+                 "ranks": sorted({e.rank for e in entries.values()}), "embeddings": stats})
     trainer = make_trainer(cfg, recon_loop_per_worker, {
         "train": _plain(cfg), "run_dir": run_dir, "shapes": shapes.to_dict(), "encoder": cfg.encoder,
         "encoder_dim": len(table["embedding"][0]), "embeddings_uri": embeddings_uri, "descriptions": descriptions,
         "library": {t: {"uri": e.uri, "config": e.config, "meta": e.meta} for t, e in entries.items()},
     }, run_dir)
-    seconds = fit_with_progress(trainer, run_dir, cfg.optim.max_steps)
-    print(f"trained {cfg.optim.max_steps} steps in {seconds:.0f}s; hypernet: {storage.join(run_dir, 'hypernet')}")
+    fit_reporting(trainer, run_dir, on_row)
     return run_dir
 
 
