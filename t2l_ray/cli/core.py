@@ -1,4 +1,4 @@
-"""Core commands: info, init-checkpoint, generate, validate-adapter."""
+"""Core commands: info, init-checkpoint, generate, validate-adapter, compare-adapters."""
 
 from __future__ import annotations
 
@@ -176,3 +176,16 @@ def validate_adapter(
     if not report.ok:
         raise typer.Exit(1)
 
+
+def compare_adapters(
+    paths: list[str] = typer.Argument(..., help="Adapter folders, or folders of adapter folders (a factory's OUT)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (norms, distances, cosines)."),
+):
+    """How different adapters are: each one's |delta-W| and the pairwise relative distances of their delta-W."""
+    from t2l_ray.compare import adapter_folders, compare
+
+    try:
+        comparison = compare(adapter_folders([local_path(p) for p in paths]))
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    typer.echo(json.dumps(comparison.to_dict()) if as_json else comparison.table())

@@ -30,6 +30,7 @@ COMMANDS: dict[str, Callable | Group] = {
     "init-checkpoint": core.init_checkpoint,
     "generate": core.generate,
     "validate-adapter": core.validate_adapter,
+    "compare-adapters": core.compare_adapters,
     "data": Group("Inspect training data sources.", {"inspect": data.inspect}),
     "batch-generate": factory.batch_generate,
     "serve": serve.serve_command,
