@@ -98,7 +98,6 @@ def test_plain_progress_counts_its_rate_from_the_first_item(monkeypatch):
     bar.update(20)
     assert bar.status() == "batch-generate: 26/110 lines (24%), 2.00 lines/s, eta 42 s"
     bar.close()
-    assert out.getvalue().splitlines()[-1] == bar.status()
 
 
 def test_plain_progress_says_it_is_starting_until_the_first_item(monkeypatch):
@@ -112,12 +111,25 @@ def test_plain_progress_says_it_is_starting_until_the_first_item(monkeypatch):
     bar.close()
 
 
-def test_progress_lines_go_between_the_commands_own():
+def test_plain_progress_prints_a_status_line_only_after_a_quiet_spell(monkeypatch):
+    """A line every PLAIN_EVERY_S seconds without other output, twice as long after one that shows no progress."""
+    now = [0.0]
+    monkeypatch.setattr(console_module.time, "monotonic", lambda: now[0])
     out = io.StringIO()
-    bar = Progress(out, "eval", "cell", total=2, tty=False)
-    bar.write("eval: 2 rows x 1 tasks = 2 cells")
-    bar.update(1)
-    bar.update(1)
-    bar.close()
-    assert out.getvalue().splitlines()[0] == "eval: 2 rows x 1 tasks = 2 cells"
-    assert out.getvalue().splitlines()[-1].startswith("eval: 2/2 cells (100%)")
+    bar = Progress(out, "eval", "cell", total=4, tty=False)
+    bar.stop.set()  # the test drives the heartbeat's checks itself
+    ticks = []
+    for second in range(1, 61):
+        now[0] = float(second)
+        if second == 5:
+            bar.write("eval: 2 rows x 2 tasks = 4 cells")  # the command's own line resets the quiet spell
+        if second == 40:
+            bar.update(1)
+        before = out.getvalue().count("\n")
+        bar.beat()
+        if out.getvalue().count("\n") > before:
+            ticks.append(second)
+    # 10 s after the command's line; 10 s later a line showing no progress since, so the next wait is 20 s;
+    # that one shows progress, so 10 s again
+    assert ticks == [15, 25, 45, 55]
+    assert out.getvalue().splitlines()[0] == "eval: 2 rows x 2 tasks = 4 cells"

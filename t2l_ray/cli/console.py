@@ -119,17 +119,20 @@ class Progress:
 
     def _heartbeat(self) -> None:
         while not self.stop.wait(1.0):
-            if time.monotonic() - self.last_line >= self.quiet_for:
-                self.quiet_for = PLAIN_EVERY_S if self.n != self.reported else 2 * self.quiet_for
-                self.reported = self.n
-                self.write(self.status())
+            self.beat()
+
+    def beat(self) -> None:
+        """A status line when nothing was printed for the quiet spell (plain displays, once a second)."""
+        if time.monotonic() - self.last_line >= self.quiet_for:
+            self.quiet_for = PLAIN_EVERY_S if self.n != self.reported else 2 * self.quiet_for
+            self.reported = self.n
+            self.write(self.status())
 
     def close(self) -> None:
+        """Stop the display; the command's summary follows (a plain display adds no last status line)."""
         self.stop.set()
         if self.bar is not None:
             self.bar.close()
-        elif self.n:
-            self.write(self.status())
 
 
 class Console:
