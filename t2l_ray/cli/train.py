@@ -72,7 +72,8 @@ def train(
     cfg = load_checked(TrainConfig, config, overrides)
     run_dir, steps = cfg.run.output_dir, cfg.optim.max_steps
     with capture(storage.join(run_dir, "logs"), verbose) as console:
-        console.echo(f"train: {cfg.objective}, {cfg.run.num_workers} workers, ZeRO-{cfg.deepspeed.zero_stage}, "
+        workers = f"{cfg.run.num_workers} worker{'s' if cfg.run.num_workers != 1 else ''}"
+        console.echo(f"train: {cfg.objective}, {workers}, ZeRO-{cfg.deepspeed.zero_stage}, "
                      f"{steps} steps -> {run_dir}")
         bar, rows, started = console.progress("train", "step", total=steps), [], time.monotonic()
 
