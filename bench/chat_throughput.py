@@ -4,7 +4,7 @@ against the base alone and against what a user would do instead (PEFT in one pro
     .venv/bin/python bench/chat_throughput.py [--clients 32] [--requests 4] [--adapters 1,8,32] [--max-tokens 16]
         [--replicas 2] [--per-replica 8] [--base-model RUN/base --checkpoint RUN/hypernet]
 
-Default world: the demo's base (jobs/demo_cpu.yaml's shrunk random Llama, saved by `train.driver.save_random_base`
+Default world: the demo's base (jobs/demo_cpu.yaml's shrunk random Llama, saved by `base_model.save_base`
 with a tokenizer trained on the generated suite) and an untrained hypernet for it (`checkpoint.init_checkpoint`;
 its adapters are delta-W = 0, which costs what any adapter costs). `--base-model/--checkpoint` bench a trained run
 instead (for example `demo_out/run/base` and `demo_out/run/hypernet` after `make demo`).
@@ -53,13 +53,13 @@ def demo_world(scratch: str) -> tuple[str, str]:
     from t2l_ray.data.tokenizer import train_tokenizer
     from t2l_ray.shapes import base_shapes
     from t2l_ray.train.config import TrainConfig
-    from t2l_ray.train.driver import save_random_base
+    from t2l_ray.base_model import save_base, tokenizer_overrides
 
     cfg = load_config(TrainConfig, os.path.join(ROOT, "jobs", "demo_cpu.yaml"))
     rows = instance_rows(build_suite(seed=cfg.data.suite_seed).tasks)
     tokenizer = train_tokenizer([f"{r['definition']}\n\n{r['input']}" for r in rows], os.path.join(scratch, "tok"))
-    cfg.model.config_overrides = {**cfg.model.config_overrides, "vocab_size": len(tokenizer)}
-    base = save_random_base(cfg, os.path.join(scratch, "run"), os.path.join(scratch, "tok"))
+    cfg.model.config_overrides = tokenizer_overrides(cfg.model, len(tokenizer))  # demo_cpu.yaml: tokenizer: train
+    base = save_base(cfg.model, "float32", os.path.join(scratch, "tok"), os.path.join(scratch, "run", "base"))
     checkpoint = os.path.join(scratch, "run", "hypernet")
     init_checkpoint(cfg.hypernet, base_shapes(base, cfg.hypernet.target_modules), cfg.encoder, checkpoint)
     return base, checkpoint

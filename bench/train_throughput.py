@@ -38,24 +38,23 @@ def plain_samples_per_s(cfg, scratch: str) -> float:
     """The same objective and batches in one process with torch's AdamW: the no-framework baseline."""
     import torch
 
+    from t2l_ray.base_model import build_base_model, target_shapes, tokenizer_overrides
     from t2l_ray.data.pipeline import build_sft_dataset
     from t2l_ray.hypernet import TextToLoRA
-    from t2l_ray.shapes import base_shapes
     from t2l_ray.train.driver import prepare_data
-    from t2l_ray.train.engine import base_config_with_overrides, build_base_model
+    from t2l_ray.train.engine import compute_dtype
     from t2l_ray.train.objectives import sft_loss
 
     data = prepare_data(cfg, scratch, scratch)
-    if cfg.model.tokenizer == "train" and cfg.model.init == "random":
-        cfg.model.config_overrides = {**cfg.model.config_overrides, "vocab_size": data["vocab_size"]}
-    shapes = base_shapes(base_config_with_overrides(cfg), cfg.hypernet.target_modules)
+    cfg.model.config_overrides = tokenizer_overrides(cfg.model, data["vocab_size"])
+    shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
     batches = build_sft_dataset(
         data["task_uris"], data["descriptions"], data["embeddings"], encoder=cfg.encoder,
         tokenizer_dir=data["tokenizer_dir"], tasks_per_batch=cfg.data.tasks_per_batch,
         max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens, seed=cfg.run.seed,
     ).take(cfg.optim.max_steps)
     torch.manual_seed(cfg.run.seed)
-    base = build_base_model(cfg, torch.device("cpu"))
+    base = build_base_model(cfg.model, compute_dtype(cfg))
     hypernet = TextToLoRA(cfg.hypernet, shapes, data["encoder_dim"]).train()
     optimizer = torch.optim.AdamW(hypernet.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     timed, samples = 0.0, 0

@@ -42,7 +42,7 @@ def test_oracle_and_multitask_loras_pass_the_contract_and_learn(ray_cluster, tmp
 
     from t2l_ray.data.tokenizer import load_tokenizer
     from t2l_ray.train.baselines import Examples, run_baselines, task_rows
-    from t2l_ray.train.engine import build_base_model
+    from t2l_ray.base_model import build_base_model
     from t2l_ray.train.objectives import response_loss
 
     suite = build_suite(seed=0)
@@ -77,7 +77,7 @@ def test_oracle_and_multitask_loras_pass_the_contract_and_learn(ray_cluster, tmp
 
     # The folded adapter IS the trained LoRA: PEFT loads it onto the same random base and it beats the base.
     cfg.model.config_overrides["vocab_size"] = len(load_tokenizer(str(out / "tokenizer")))
-    base = build_base_model(cfg, torch.device("cpu"))
+    base = build_base_model(cfg.model)
     task = next(t for t in suite.train if t.name == tasks[0])
     batch = Examples(task_rows(task), load_tokenizer(str(out / "tokenizer")), 48, 16)
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}

@@ -192,19 +192,30 @@ def world(tmp_path_factory):
     return SimpleNamespace(root=root, suite=suite, tokenizer=tokenizer, model=model)
 
 
-def test_random_base_is_the_one_training_builds(world):
-    """init=random must rebuild the very weights `t2l-ray train` trained the hypernet against."""
-    from t2l_ray.eval.runner import build_eval_model
-    from t2l_ray.train.config import TrainConfig
-    from t2l_ray.train.engine import build_base_model
+def eval_base(world):
+    """The base an eval worker builds for `world.model`: its vocabulary follows the named tokenizer."""
+    from t2l_ray.base_model import build_base_model, tokenizer_overrides
 
-    vocab = len(world.tokenizer)
-    ours = build_eval_model(world.model, vocab).state_dict()
+    overrides = tokenizer_overrides(world.model, len(world.tokenizer))
+    return build_base_model(dataclasses.replace(world.model, config_overrides=overrides))
+
+
+def test_random_base_is_the_one_training_builds(world):
+    """init=random must rebuild the very weights `t2l-ray train` trained the hypernet against: training's BPE
+    (`tokenizer: train`) set the vocabulary; eval names that tokenizer, whose size is then the default."""
+    from t2l_ray.base_model import build_base_model, tokenizer_overrides
+    from t2l_ray.eval.config import EvalRunConfig
+    from t2l_ray.eval.runner import EvalWorker
+    from t2l_ray.train.config import TrainConfig
+
+    ours = EvalWorker(to_dict(world.model), to_dict(EvalRunConfig())).base.state_dict()
     train = load_config(TrainConfig, None, [
-        "model.name_or_path=mistral-7b-instruct-v0.2", "model.init=random",
-        f"model.config_overrides={json.dumps({**TINY, 'vocab_size': vocab})}",
+        "model.name_or_path=mistral-7b-instruct-v0.2", "model.init=random", "model.tokenizer=train",
+        f"model.config_overrides={json.dumps(TINY)}",
     ])
-    theirs = build_base_model(train, torch.device("cpu")).state_dict()
+    train.model.config_overrides = tokenizer_overrides(train.model, len(world.tokenizer))  # what SFT.prepare does
+    theirs = build_base_model(train.model).state_dict()
+    assert ours["model.embed_tokens.weight"].shape[0] == len(world.tokenizer)
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
@@ -244,13 +255,11 @@ def train_lora(world, out: Path, task_name: str, steps: int = 30) -> None:
 
     from t2l_ray.data.prompts import tokenize_batch
     from t2l_ray.data.sni import instance_rows
-    from t2l_ray.eval.runner import build_eval_model
-
     task = next(t for t in world.suite.tasks if t.name == task_name)
     rows = instance_rows([task])[10:]
     batch = tokenize_batch({k: [r[k] for r in rows] for k in ("definition", "input", "outputs")}, world.tokenizer, 48, 8)
     ids, labels, mask = (torch.tensor(batch[k]) for k in ("input_ids", "labels", "attention_mask"))
-    model = get_peft_model(build_eval_model(world.model, len(world.tokenizer)), LoraConfig(
+    model = get_peft_model(eval_base(world), LoraConfig(
         r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
     generator = torch.Generator().manual_seed(0)

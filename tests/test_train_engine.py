@@ -1,11 +1,12 @@
-"""The engine settings a recipe turns into: DeepSpeed's config and the frozen base model (fast, no Ray)."""
+"""The engine settings a recipe turns into: DeepSpeed's config and the base model's precision (fast, no Ray)."""
 
 import pytest
 import torch
 
+from t2l_ray.base_model import build_base_model
 from t2l_ray.config import load_config
 from t2l_ray.train.config import TrainConfig
-from t2l_ray.train.engine import build_base_model, deepspeed_config
+from t2l_ray.train.engine import compute_dtype, deepspeed_config
 
 TINY = '{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 8, vocab_size: 300}'
 
@@ -24,7 +25,7 @@ def test_bf16_reaches_deepspeed_and_the_base_weights(bf16):
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 4
     assert ds["gradient_clipping"] == 0.5 and ds["optimizer"]["params"]["lr"] == 2e-4
     assert ds["scheduler"]["params"]["warmup_num_steps"] == 7 and ds["scheduler"]["params"]["total_num_steps"] == 90
-    base = build_base_model(cfg, torch.device("cpu"))
+    base = build_base_model(cfg.model, compute_dtype(cfg))
     assert {p.dtype for p in base.parameters()} == {torch.bfloat16 if bf16 else torch.float32}
     assert not any(p.requires_grad for p in base.parameters()) and not base.training
 

@@ -1,4 +1,4 @@
-"""Tokenizers without a hub: train a small real one from texts, or load a local folder (or a hub name).
+"""Tokenizers without a hub: train a small real one from texts, or load a folder (path or URI) or a hub name.
 
 Tests and the self-contained demo need a genuine tokenizer (byte-level BPE, special tokens, a chat
 template) but cannot download one, so `train_tokenizer` builds it from the texts at hand. Training is
@@ -72,3 +72,17 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
         raise TokenizerNotFound(
             f"tokenizer {name_or_path!s}: not a local folder and not loadable from the hub{hint}: {error}"
         ) from error
+
+
+def open_tokenizer(source: str | Path, scratch: str) -> PreTrainedTokenizerBase:
+    """A tokenizer from a folder (a path, or a storage URI, copied under `scratch` first) or a hub name.
+
+    One without a pad token pads with EOS (batched generation needs a pad token; tokenizing for training pads
+    with EOS then anyway)."""
+    from t2l_ray import storage
+
+    source = str(source)
+    tokenizer = load_tokenizer(storage.local_copy(source, scratch) if "://" in source else source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -12,6 +12,7 @@ Results come back to the driver, which writes `predictions/{set}/{task}.jsonl` a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
@@ -20,52 +21,13 @@ from dataclasses import dataclass, field
 import torch
 
 from t2l_ray import adapters, storage
+from t2l_ray.base_model import build_base_model, tokenizer_overrides
 from t2l_ray.config import to_dict
+from t2l_ray.data.tokenizer import open_tokenizer
 from t2l_ray.eval import metrics
 from t2l_ray.eval.config import BASE_ROW, EvalConfig, EvalModelConfig, EvalRunConfig
 from t2l_ray.eval.report import write_report
 from t2l_ray.eval.tasks import EvalTask, benchmark_task, sni_tasks
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# ------------------------------------------------------------------------------------------------ model
-
-
-def load_eval_tokenizer(model: EvalModelConfig, scratch: str):
-    from t2l_ray.data.tokenizer import load_tokenizer
-
-    source = model.tokenizer or model.name_or_path
-    if "://" in source:  # a storage URI; anything else is a local folder or a hub name
-        source = storage.local_copy(source, scratch)
-    tokenizer = load_tokenizer(source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def build_eval_model(model: EvalModelConfig, vocab_size: int | None = None):
-    """The frozen base LM. init=random rebuilds the very weights `t2l-ray train` trained against: the same
-    config (overrides applied by rebuilding it), `torch.manual_seed(seed)`, then `from_config`."""
-    from transformers import AutoModelForCausalLM
-
-    from t2l_ray.shapes import config_from_dict, load_base_config
-
-    dtype = DTYPES[model.dtype]
-    if model.init == "random":
-        overrides = dict(model.config_overrides)
-        if vocab_size is not None:
-            overrides.setdefault("vocab_size", vocab_size)
-        config = load_base_config(model.name_or_path)
-        if overrides:
-            config = config_from_dict({**config.to_dict(), **overrides, "_name_or_path": model.name_or_path})
-        torch.manual_seed(model.seed)
-        base = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    else:
-        base = AutoModelForCausalLM.from_pretrained(model.name_or_path, dtype=dtype)
-    for p in base.parameters():
-        p.requires_grad_(False)
-    return base.eval()
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -172,15 +134,15 @@ class EvalWorker:
         from t2l_ray.config import from_dict
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.model_cfg = from_dict(EvalModelConfig, model, "model")
+        model_cfg = from_dict(EvalModelConfig, model, "model")
         self.run = from_dict(EvalRunConfig, run, "run")
         self.scratch = tempfile.mkdtemp(prefix="t2l-eval-")
-        self.tokenizer = load_eval_tokenizer(self.model_cfg, self.scratch)
+        self.tokenizer = open_tokenizer(model_cfg.tokenizer or model_cfg.name_or_path, self.scratch)
         self.tokenizer.padding_side = "left"
-        vocab = len(self.tokenizer) if self.model_cfg.tokenizer else None
-        self.vocab = vocab
+        self.model_cfg = dataclasses.replace(
+            model_cfg, config_overrides=tokenizer_overrides(model_cfg, len(self.tokenizer)))
         self.device = "cuda" if self.run.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
-        self.base = build_eval_model(self.model_cfg, vocab).to(self.device)
+        self.base = build_base_model(self.model_cfg, self.model_cfg.dtype, self.device)
 
     def score(self, item: dict, task: EvalTask) -> dict:
         """Score one (adapter set, task) item; a failure is returned as the item's `error`, never raised."""
@@ -203,7 +165,7 @@ class EvalWorker:
                 self.base = peft_model.unload()  # the LoRA layers go; the base modules come back untouched
             elif any("lora_" in name for name, _ in self.base.named_modules()):
                 # PEFT failed halfway through injecting layers: start again from a clean base
-                self.base = build_eval_model(self.model_cfg, self.vocab).to(self.device)
+                self.base = build_base_model(self.model_cfg, self.model_cfg.dtype, self.device)
         result["seconds"] = round(time.time() - started, 3)
         return result
 
@@ -279,7 +241,7 @@ def preflight(cfg: EvalConfig, scratch: str) -> None:
     from t2l_ray.shapes import load_base_config
 
     try:
-        load_eval_tokenizer(cfg.model, scratch)
+        open_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, scratch)
     except TokenizerNotFound as error:
         raise ValueError(f"model.tokenizer: {error}") from None
     if cfg.model.init == "random":

@@ -84,8 +84,8 @@ class ChatModel:
     def __init__(self, base_model: str, out: str, config: dict):
         from transformers.utils import logging as hf_logging
 
-        from t2l_ray.eval.config import EvalModelConfig
-        from t2l_ray.eval.runner import build_eval_model, load_eval_tokenizer
+        from t2l_ray.base_model import ModelConfig, build_base_model
+        from t2l_ray.data.tokenizer import open_tokenizer
 
         hf_logging.disable_progress_bar()
         cfg = from_dict(ServeConfig, config, "ServeConfig")
@@ -94,9 +94,8 @@ class ChatModel:
         dtype = cfg.chat_dtype if cfg.chat_dtype != "auto" else ("bfloat16" if self.device == "cuda" else "float32")
         scratch = tempfile.mkdtemp(prefix="t2l-chat-")
         source = storage.local_copy(base_model, scratch) if "://" in base_model else base_model  # a folder or hub name
-        model = EvalModelConfig(name_or_path=source, dtype=dtype)
-        self.tokenizer = load_eval_tokenizer(model, scratch)
-        self.slots = AdapterSlots(build_eval_model(model).to(self.device))
+        self.tokenizer = open_tokenizer(source, scratch)
+        self.slots = AdapterSlots(build_base_model(ModelConfig(name_or_path=source), dtype, self.device))
         self.context = getattr(self.slots.base.config, "max_position_embeddings", None)
         self.lock = asyncio.Lock()
         self.replica = serve.get_replica_context().replica_id.unique_id

@@ -38,13 +38,17 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
+
 import torch
 
 from t2l_ray import adapters, storage
+from t2l_ray.base_model import build_base_model, target_shapes, tokenizer_overrides
 from t2l_ray.config import from_dict, to_dict
+from t2l_ray.data.tokenizer import open_tokenizer
 from t2l_ray.hypernet import LoraWeights
 from t2l_ray.shapes import BaseShapes
 from t2l_ray.train.config import BaselineConfig, BaselineRecipe, TrainConfig
+from t2l_ray.train.engine import compute_dtype
 
 LIVE_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)\.[\w-]+\.weight$")
 
@@ -103,15 +107,6 @@ def task_rows(task, limit: int = 0, seed: int = 0) -> list[dict]:
     if 0 < limit < len(rows):
         rows = random.Random(f"{seed}:{task.name}").sample(rows, limit)
     return rows
-
-
-def local_tokenizer(source: str, scratch: str):
-    """A tokenizer from a storage folder (copied locally first) or a hub name/local path."""
-    from t2l_ray.data.tokenizer import load_tokenizer
-
-    if storage.exists(storage.join(source, "tokenizer_config.json")):
-        return load_tokenizer(storage.local_copy(source, scratch))
-    return load_tokenizer(source)
 
 
 # ---------------------------------------------------------------------------------------------- one LoRA
@@ -217,8 +212,6 @@ def oracle_job(config: dict, jobs: list[dict]) -> list[dict]:
     import deepspeed
     import torch.distributed as dist
 
-    from t2l_ray.train.engine import build_base_model
-
     torch.set_num_threads(max(1, int(cfg.baseline.cpus_per_job)))
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(_free_port())}.items():
@@ -228,7 +221,7 @@ def oracle_job(config: dict, jobs: list[dict]) -> list[dict]:
     shapes = BaseShapes.from_dict(config["shapes"])
     out, results, base = config["out"], [], None
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = local_tokenizer(config["tokenizer"], scratch)
+        tokenizer = open_tokenizer(config["tokenizer"], scratch)
         for job in jobs:
             target = storage.join(out, "oracle", job["task"])
             if adapters.is_complete(target):
@@ -237,7 +230,7 @@ def oracle_job(config: dict, jobs: list[dict]) -> list[dict]:
             started = time.time()
             examples = Examples(job["rows"], tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
             if base is None:
-                base = build_base_model(cfg, device)
+                base = build_base_model(cfg.model, compute_dtype(cfg), device)
             steps = cfg.baseline.max_steps
             engine, history = train_lora(cfg, base, examples, steps=steps, seed_key=f"oracle:{job['task']}", rank=0)
             weights = lora_weights(engine, shapes, list(cfg.hypernet.target_modules))
@@ -303,8 +296,6 @@ def multitask_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from t2l_ray.train.engine import build_base_model
-
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -320,9 +311,9 @@ def multitask_loop_per_worker(config: dict) -> None:
             logged.append(row)
             _write_log(log_uri, logged)
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = local_tokenizer(config["tokenizer"], scratch)
+        tokenizer = open_tokenizer(config["tokenizer"], scratch)
         examples = Examples(rows[rank::world], tokenizer, cfg.data.max_prompt_tokens, cfg.data.max_response_tokens)
-    base = build_base_model(cfg, device)
+    base = build_base_model(cfg.model, compute_dtype(cfg), device)
     engine, history = train_lora(cfg, base, examples, steps=steps, seed_key="multitask", rank=rank, log=log)
     weights = lora_weights(engine, shapes, list(cfg.hypernet.target_modules))
     if rank == 0:
@@ -373,7 +364,7 @@ def run_baselines(cfg: BaselineRecipe, on_plan: Callable[[dict], None] | None = 
     `on_lora` each finished LoRA's result (`task`, `uri`, `steps`, `first_loss`, `final_loss`, `seconds`;
     `task` is "multitask" for the multi-task LoRA)."""
     from t2l_ray.raycluster import ensure_ray
-    from t2l_ray.train.common import hypernet_shapes, prepare_tokenizer, select_tasks
+    from t2l_ray.train.common import prepare_tokenizer, select_tasks
 
     cfg.check()
     b = cfg.baseline
@@ -386,9 +377,8 @@ def run_baselines(cfg: BaselineRecipe, on_plan: Callable[[dict], None] | None = 
         tasks, skipped, descriptions = select_tasks(cfg, scratch)
         tokenizer_dir, vocab_size = prepare_tokenizer(cfg, tasks, out, scratch)
         tokenizer = storage.join(out, "tokenizer") if cfg.model.tokenizer == "train" else tokenizer_dir
-        if cfg.model.tokenizer == "train" and cfg.model.init == "random":
-            cfg.model.config_overrides = {**cfg.model.config_overrides, "vocab_size": vocab_size}
-        shapes = hypernet_shapes(cfg)
+        cfg.model.config_overrides = tokenizer_overrides(cfg.model, vocab_size)
+        shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
         todo = [t for t in tasks if not adapters.is_complete(storage.join(out, "oracle", t.name))] \
             if b.mode in ("oracle", "both") else []  # re-runs skip the oracle LoRAs already written
         if on_plan is not None:

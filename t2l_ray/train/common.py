@@ -300,14 +300,3 @@ def prepare_tokenizer(cfg, tasks, run_dir: str, scratch: str) -> tuple[str, int]
             storage.write_bytes(storage.join(tokenizer_uri, file.name), file.read_bytes())
     tokenizer_dir = storage.local_copy(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
     return tokenizer_dir, len(load_tokenizer(tokenizer_dir))
-
-
-def hypernet_shapes(cfg):
-    """The LoRA target shapes of the recipe's base model (config overrides applied), named as servers know it."""
-    import dataclasses
-
-    from t2l_ray.shapes import base_shapes
-    from t2l_ray.train.engine import base_config_with_overrides
-
-    shapes = base_shapes(base_config_with_overrides(cfg), cfg.hypernet.target_modules)
-    return dataclasses.replace(shapes, base_model=cfg.model.name_or_path)

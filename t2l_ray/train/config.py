@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from t2l_ray.base_model import ModelConfig
 from t2l_ray.config import NAME_OR_PATH, PATH, doc
 from t2l_ray.encoders import OFFLINE_DEFAULT
 from t2l_ray.hypernet import HypernetConfig
-
-
-@dataclass
-class ModelConfig:
-    """The frozen base model."""
-
-    name_or_path: str = doc("Preset, local folder or hub name of the base causal LM.", "mistralai/Mistral-7B-Instruct-v0.2",
-                            path=NAME_OR_PATH)
-    init: Literal["pretrained", "random"] = doc(
-        "pretrained: load the weights; random: build from the config with random weights (tests, CPU demo).", "pretrained"
-    )
-    config_overrides: dict[str, Any] = doc("Config fields to override (e.g. a tiny hidden_size for the demo).", default_factory=dict)
-    tokenizer: str = doc("Tokenizer folder or hub name; empty = the base model's own; 'train' = a BPE trained on the data.", "",
-                         path=NAME_OR_PATH, names=("train",))
-    seed: int = doc("Seed for random init.", 0)
 
 
 @dataclass

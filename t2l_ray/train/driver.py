@@ -20,16 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from t2l_ray import storage
+from t2l_ray.base_model import save_base, target_shapes, tokenizer_overrides
 from t2l_ray.config import to_dict
-from t2l_ray.train.common import (
-    fit_reporting,
-    hypernet_shapes,
-    make_trainer,
-    prepare_tokenizer,
-    select_tasks,
-    write_run_config,
-)
+from t2l_ray.train.common import fit_reporting, make_trainer, prepare_tokenizer, select_tasks, write_run_config
 from t2l_ray.train.config import TrainConfig
+from t2l_ray.train.engine import compute_dtype
 
 
 def prepare_data(cfg: TrainConfig, run_dir: str, scratch: str) -> dict:
@@ -66,26 +61,6 @@ def _task_uris(cfg: TrainConfig, tasks, run_dir: str) -> list[str]:
     return [storage.join(cfg.data.source, Path(t.source_file).name) for t in tasks]
 
 
-def save_random_base(cfg: TrainConfig, run_dir: str, tokenizer_dir: str) -> str:
-    """Write a random-weight base (`model.init: random`) to `{run}/base/` (config, weights, tokenizer); returns
-    its URI. Adapters then name a base that exists, not the preset it was shrunk from (whose real weights they
-    would load into silently and wrongly), and it can be served (`t2l-ray serve --base-model RUN/base`) and
-    checked against (`validate-adapter --base-model`). The weights are those every worker builds: same
-    config, seed and dtype (`build_base_model`)."""
-    import torch
-
-    from t2l_ray.data.tokenizer import load_tokenizer
-    from t2l_ray.train.engine import build_base_model
-
-    uri = storage.join(run_dir, "base")
-    with tempfile.TemporaryDirectory() as folder:
-        build_base_model(cfg, torch.device("cpu")).save_pretrained(folder)
-        load_tokenizer(tokenizer_dir).save_pretrained(folder)
-        files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
-    storage.write_folder(uri, files, commit_file="config.json")
-    return uri
-
-
 def run_training(cfg: TrainConfig, on_data: Callable[[dict], None] | None = None,
                  on_row: Callable[[dict], None] | None = None) -> str:
     """Train; returns the run folder URI. `on_data` gets `{"summary": DataSummary, "embeddings": EmbeddingStats}`
@@ -106,17 +81,17 @@ def run_training(cfg: TrainConfig, on_data: Callable[[dict], None] | None = None
         data = prepare_data(cfg, run_dir, scratch)
         if on_data is not None:
             on_data({"summary": data["summary"], "embeddings": data["embedding_stats"]})
-        if cfg.model.tokenizer == "train" and cfg.model.init == "random":
-            cfg.model.config_overrides = {**cfg.model.config_overrides, "vocab_size": data["vocab_size"]}
+        cfg.model.config_overrides = tokenizer_overrides(cfg.model, data["vocab_size"])
         dataset = build_sft_dataset(
             data["task_uris"], data["descriptions"], data["embeddings"],
             encoder=cfg.encoder, tokenizer_dir=data["tokenizer_dir"], tasks_per_batch=cfg.data.tasks_per_batch,
             max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
             seed=cfg.run.seed,
         )
-        shapes = hypernet_shapes(cfg)
-        if cfg.model.init == "random":
-            shapes = dataclasses.replace(shapes, base_model=save_random_base(cfg, run_dir, data["tokenizer_dir"]))
+        shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
+        if cfg.model.init == "random":  # the hypernet, so every adapter, names the saved base
+            base = save_base(cfg.model, compute_dtype(cfg), data["tokenizer_dir"], storage.join(run_dir, "base"))
+            shapes = dataclasses.replace(shapes, base_model=base)
         loop_config = {"train": to_dict(cfg), "run_dir": run_dir, "shapes": shapes.to_dict(),
                        "encoder_dim": data["encoder_dim"], "encoder": cfg.encoder}
         trainer = make_trainer(cfg, train_loop_per_worker, loop_config, run_dir, datasets={"train": dataset})

@@ -1,8 +1,8 @@
-"""The DeepSpeed engine around the hypernet, and the frozen base model beside it.
+"""The DeepSpeed engine around the hypernet.
 
 The hypernet is the only trainable module, so it alone goes into `deepspeed.initialize` (ZeRO shards its
-parameters, gradients and optimizer state). The base model is frozen, replicated on every worker, and never
-seen by the optimizer. On CPU workers DeepSpeed runs with its CPU accelerator and the gloo process group
+parameters, gradients and optimizer state). The base model beside it (`t2l_ray/base_model.py`) is frozen,
+replicated on every worker, and never seen by the optimizer. On CPU workers DeepSpeed runs with its CPU accelerator and the gloo process group
 that Ray Train sets up; features the CPU accelerator cannot run are refused by `TrainConfig.check`.
 """
 
@@ -65,6 +65,11 @@ def pin_build_tools() -> None:
         os.environ["PATH"] = os.pathsep.join([folder, *[p for p in parts if p != folder]])
 
 
+def compute_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype of the base weights and of the engine's inputs: bf16 with `deepspeed.bf16`, else fp32."""
+    return torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+
+
 def build_engine(hypernet: torch.nn.Module, cfg: TrainConfig):
     import deepspeed
 
@@ -87,29 +92,3 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
             return {k: v.detach().clone().float().cpu() for k, v in module.state_dict().items()}
     return {k: v.detach().clone().float().cpu() for k, v in module.state_dict().items()}
-
-
-def build_base_model(cfg: TrainConfig, device: torch.device):
-    """The frozen base LM: pretrained weights, or random weights from its config (tests and the CPU demo)."""
-    from transformers import AutoModelForCausalLM
-
-    from t2l_ray.lora import freeze
-
-    dtype = torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
-    if cfg.model.init == "random":
-        config = base_config_with_overrides(cfg)
-        torch.manual_seed(cfg.model.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=dtype)
-    return freeze(model).to(device).eval()
-
-
-def base_config_with_overrides(cfg: TrainConfig):
-    """The base config with `model.config_overrides` applied by rebuilding it (derived fields stay consistent)."""
-    from t2l_ray.shapes import config_from_dict, load_base_config
-
-    config = load_base_config(cfg.model.name_or_path)
-    if not cfg.model.config_overrides:
-        return config
-    return config_from_dict({**config.to_dict(), **cfg.model.config_overrides, "_name_or_path": cfg.model.name_or_path})

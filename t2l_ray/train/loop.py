@@ -61,7 +61,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from t2l_ray.hypernet import TextToLoRA
     from t2l_ray.shapes import BaseShapes
-    from t2l_ray.train.engine import build_base_model, build_engine
+    from t2l_ray.base_model import build_base_model
+    from t2l_ray.train.engine import build_engine, compute_dtype
     from t2l_ray.train.objectives import sft_loss
 
     context = ray.train.get_context()
@@ -70,7 +71,7 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)  # the same hypernet init on every worker
 
-    base = build_base_model(cfg, device)
+    base = build_base_model(cfg.model, compute_dtype(cfg), device)
     hypernet = TextToLoRA(cfg.hypernet, BaseShapes.from_dict(config["shapes"]), config["encoder_dim"])
     engine, _, scheduler = build_engine(hypernet, cfg)
     scale = cfg.hypernet.scale

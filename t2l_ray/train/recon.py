@@ -351,7 +351,8 @@ def run_reconstruction(cfg: TrainConfig, on_data=None, on_row=None) -> str:
     "ranks": [...], "descriptions": N, "embeddings": EmbeddingStats}`, `on_row` each metrics row."""
     from t2l_ray.data.pipeline import cache_uri, embed_descriptions
     from t2l_ray.raycluster import ensure_ray
-    from t2l_ray.train.common import fit_reporting, hypernet_shapes, make_trainer, write_run_config
+    from t2l_ray.base_model import target_shapes
+    from t2l_ray.train.common import fit_reporting, make_trainer, write_run_config
 
     cfg.check()
     if cfg.objective != "reconstruction":
@@ -359,7 +360,7 @@ def run_reconstruction(cfg: TrainConfig, on_data=None, on_row=None) -> str:
     ensure_ray()
     run_dir = cfg.run.output_dir
     write_run_config(cfg, run_dir)
-    shapes = hypernet_shapes(cfg)
+    shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
     entries = select_library(cfg, scan_library(cfg.reconstruction.library))
     check_library(cfg, entries, shapes)
     descriptions = library_descriptions(cfg, entries)
