@@ -40,22 +40,22 @@ def plain_samples_per_s(cfg, scratch: str) -> float:
 
     from t2l_ray.base_model import build_base_model, target_shapes, tokenizer_overrides
     from t2l_ray.data.pipeline import build_sft_dataset
+    from t2l_ray.data.prepare import prepare_data
     from t2l_ray.hypernet import TextToLoRA
-    from t2l_ray.train.driver import prepare_data
     from t2l_ray.train.engine import compute_dtype
     from t2l_ray.train.objectives import sft_loss
 
     data = prepare_data(cfg, scratch, scratch)
-    cfg.model.config_overrides = tokenizer_overrides(cfg.model, data["vocab_size"])
+    cfg.model.config_overrides = tokenizer_overrides(cfg.model, data.vocab_size)
     shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
     batches = build_sft_dataset(
-        data["task_uris"], data["descriptions"], data["embeddings"], encoder=cfg.encoder,
-        tokenizer_dir=data["tokenizer_dir"], tasks_per_batch=cfg.data.tasks_per_batch,
+        data.task_uris, data.descriptions, data.embeddings, encoder=cfg.encoder,
+        tokenizer_dir=data.tokenizer_dir, tasks_per_batch=cfg.data.tasks_per_batch,
         max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens, seed=cfg.run.seed,
     ).take(cfg.optim.max_steps)
     torch.manual_seed(cfg.run.seed)
     base = build_base_model(cfg.model, compute_dtype(cfg))
-    hypernet = TextToLoRA(cfg.hypernet, shapes, data["encoder_dim"]).train()
+    hypernet = TextToLoRA(cfg.hypernet, shapes, data.encoder_dim).train()
     optimizer = torch.optim.AdamW(hypernet.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     timed, samples = 0.0, 0
     for index, row in enumerate(batches):

@@ -13,7 +13,7 @@ from t2l_ray.config import load_config
 from t2l_ray.data.suite import build_suite
 from t2l_ray.shapes import BaseShapes, ModuleShape
 from t2l_ray.train.config import TrainConfig
-from t2l_ray.train.recon import LibraryError, load_targets, scan_library
+from t2l_ray.data.library import LibraryError, load_targets, scan_library
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 256}

@@ -363,8 +363,8 @@ def run_baselines(cfg: BaselineRecipe, on_plan: Callable[[dict], None] | None = 
     there), "multitask" (0 or 1)}` once the data is ready;
     `on_lora` each finished LoRA's result (`task`, `uri`, `steps`, `first_loss`, `final_loss`, `seconds`;
     `task` is "multitask" for the multi-task LoRA)."""
+    from t2l_ray.data.prepare import prepare_tokenizer, select_tasks
     from t2l_ray.raycluster import ensure_ray
-    from t2l_ray.train.common import prepare_tokenizer, select_tasks
 
     cfg.check()
     b = cfg.baseline

@@ -1,4 +1,4 @@
-"""Pieces every training command shares: run-folder conventions, checkpoints, metrics, data selection.
+"""Pieces every training command shares: run-folder conventions, checkpoints, metrics.
 
 Used by the SFT loop, the reconstruction loop (`recon.py`) and the LoRA baselines (`baselines.py`), so the
 three write the same run folder:
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import tempfile
 import threading
 import time
@@ -242,61 +241,3 @@ def fit_reporting(trainer, run_dir: str, on_row: Callable[[dict], None] | None =
         watcher.join(timeout=5)
     deliver()
     return time.time() - started
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def select_tasks(cfg, scratch: str):
-    """The training tasks of a recipe and their descriptions: `(tasks, skipped, {task: [descriptions]})`.
-
-    `data.source` is an SNI folder (path or URI), `suite` (the generated suite, written under `scratch`;
-    its held-out split is dropped unless `data.task_list` is given) or `lol:NAME[,NAME...]`. Held-out and
-    excluded tasks are dropped; at most `data.descriptions_per_task` descriptions per task, sampled with the
-    run seed. Remote descriptions, task lists and sources are copied under `scratch` first.
-    """
-    from t2l_ray.data.descriptions import descriptions_for, load_descriptions
-    from t2l_ray.data.lol import LOL_PREFIX, materialise_lol_source
-    from t2l_ray.data.sni import load_sni
-    from t2l_ray.data.suite import write_suite
-
-    descriptions = None
-    if cfg.data.descriptions:
-        descriptions = load_descriptions(storage.local_copy(cfg.data.descriptions, scratch))
-    source = cfg.data.source
-    excluded = list(cfg.data.exclude) + list(cfg.data.heldout_tasks)
-    if source.startswith(LOL_PREFIX):
-        source = str(materialise_lol_source(source, Path(scratch, "lol")))
-    elif source != "suite":
-        source = storage.local_copy(source, scratch)
-    else:
-        source = str(Path(scratch, "suite"))
-        suite = write_suite(source, seed=cfg.data.suite_seed)
-        descriptions = descriptions or suite.descriptions
-        if not cfg.data.task_list:
-            excluded += [t.name for t in suite.held_out]
-    task_list = storage.local_copy(cfg.data.task_list, scratch) if cfg.data.task_list else None
-    tasks, skipped = load_sni(source, task_list=task_list, exclude=excluded or None)
-    by_task = descriptions_for(tasks, descriptions)
-    rng = random.Random(cfg.run.seed)
-    by_task = {t: (d if len(d) <= cfg.data.descriptions_per_task else rng.sample(d, cfg.data.descriptions_per_task))
-               for t, d in by_task.items()}
-    return tasks, skipped, by_task
-
-
-def prepare_tokenizer(cfg, tasks, run_dir: str, scratch: str) -> tuple[str, int]:
-    """`(local tokenizer folder, vocab size)`. `model.tokenizer=train` trains a BPE on the tasks' texts and
-    saves it to `{run}/tokenizer/` (deterministic: the same tasks give the same tokenizer)."""
-    from t2l_ray.data.sni import instance_rows
-    from t2l_ray.data.tokenizer import load_tokenizer, train_tokenizer
-
-    tokenizer_uri = cfg.model.tokenizer or cfg.model.name_or_path
-    if cfg.model.tokenizer == "train":
-        tokenizer_uri = storage.join(run_dir, "tokenizer")
-        local = str(Path(scratch, "tokenizer"))
-        texts = [r["input"] for r in instance_rows(tasks)] + [t.definition for t in tasks]
-        train_tokenizer(texts, local)
-        for file in Path(local).iterdir():
-            storage.write_bytes(storage.join(tokenizer_uri, file.name), file.read_bytes())
-    tokenizer_dir = storage.local_copy(tokenizer_uri, scratch) if cfg.model.tokenizer == "train" else tokenizer_uri
-    return tokenizer_dir, len(load_tokenizer(tokenizer_dir))
