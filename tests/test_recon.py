@@ -100,7 +100,7 @@ def test_targets_fold_each_folders_peft_scale(tmp_path):
 @pytest.mark.slow
 def test_reconstruction_lowers_delta_w_error_and_generates_valid_adapters(ray_cluster, s3_server, tmp_path):
     from t2l_ray.generator import Generator
-    from t2l_ray.train.recon import run_reconstruction
+    from t2l_ray.train.driver import run_training
 
     # A library of 8 tasks on the object store: real suite descriptions, random LoRA targets of one magnitude;
     # half written as PEFT saves them (alpha 16, rsLoRA: B stored unscaled), half in our contract (alpha = r).
@@ -131,7 +131,7 @@ def test_reconstruction_lowers_delta_w_error_and_generates_valid_adapters(ray_cl
         "run.num_workers=2", "run.cpus_per_worker=0.5", "run.log_every=20", "run.checkpoint_every=60",
         f"run.output_dir={run_dir}",
     ])
-    assert run_reconstruction(cfg) == str(run_dir)
+    assert run_training(cfg) == str(run_dir)
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 20, 40, 60, 80, 100, 120]

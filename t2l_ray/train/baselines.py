@@ -24,7 +24,9 @@ engines), in a fresh worker process (`max_calls=1`: DeepSpeed cannot re-initiali
 is destroyed). Ray runs as many at once as `baseline.cpus_per_job` (and one GPU each with `run.use_gpu`)
 allow. Finished adapters are skipped when a job is retried or the command is re-run. The multi-task LoRA
 is a Ray Train run over `run.num_workers` workers (DeepSpeed ZeRO across them), each sampling its own
-examples (seeded by rank and step).
+examples (seeded by rank and step). Both run the optimizer-step loop hypernet training runs (`steps.run_steps`)
+on the base model training builds (`base_model.py`); the hypernet's worker loop (`loop.py`: checkpoints,
+resume, export) does not fit them: a LoRA trains in minutes and a rerun skips the finished ones instead.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from t2l_ray.data.tokenizer import open_tokenizer
 from t2l_ray.hypernet import LoraWeights
 from t2l_ray.shapes import BaseShapes
 from t2l_ray.train.config import BaselineConfig, BaselineRecipe, TrainConfig
-from t2l_ray.train.engine import compute_dtype
+from t2l_ray.train.engine import build_engine, compute_dtype, ray_train_worker, set_cpu_accelerator_env
+from t2l_ray.train.objectives import neftune, response_loss
+from t2l_ray.train.steps import keyed_batches, run_steps
 
 LIVE_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)\.[\w-]+\.weight$")
 
@@ -142,38 +146,32 @@ def train_lora(cfg: BaselineRecipe, base, examples: Examples, *, steps: int, see
     weights (`lora_weights`), then calls `engine.destroy()` and `engine.module.unload()` to get `base` back."""
     from peft import get_peft_model
 
-    from t2l_ray.train.common import LogWindow
-    from t2l_ray.train.engine import build_engine
-    from t2l_ray.train.objectives import neftune, response_loss
-
     b = cfg.baseline
     torch.manual_seed(_seed(b.seed, seed_key))  # the same LoRA init on every rank
     model = get_peft_model(base, peft_lora_config(cfg))
-    engine_cfg = lora_engine_config(cfg, steps)
-    engine, _, scheduler = build_engine(model, engine_cfg)
+    engine, _, scheduler = build_engine(model, lora_engine_config(cfg, steps))
     torch.manual_seed(_seed(b.seed, f"{seed_key}:noise:{rank}"))
     device = next(p for p in engine.module.parameters() if p.requires_grad).device
-    history, window, started = [], LogWindow(device), time.perf_counter()
-    for step in range(steps):
-        for micro in range(cfg.optim.grad_accum):
-            batch = examples.batch(random.Random(f"{b.seed}:{seed_key}:{rank}:{step}:{micro}"), b.batch_size, device)
-            engine.train()
-            embeddings = engine.module.get_input_embeddings()(batch["input_ids"])
-            embeddings = neftune(embeddings, batch["attention_mask"], cfg.optim.neftune_alpha)
-            logits = engine(inputs_embeds=embeddings, attention_mask=batch["attention_mask"]).logits
-            loss = response_loss(logits, batch["labels"], cfg.optim.label_smoothing)
-            engine.backward(loss)
-            engine.step()
-            window.add(loss=loss)
-        done = step + 1
-        if done == 1 or done % b.log_every == 0 or done == steps:
-            loss = window.mean_sums()["loss"] / window.steps
-            row = {"step": done, "loss": loss, "lr": float(scheduler.get_last_lr()[0]),
-                   "seconds": time.perf_counter() - started}
-            history.append(row)
-            if log is not None:
-                log(row)
-            window = LogWindow(device)
+    history, started = [], time.perf_counter()
+
+    def batch(step: int, micro: int) -> dict[str, torch.Tensor]:
+        return examples.batch(random.Random(f"{b.seed}:{seed_key}:{rank}:{step}:{micro}"), b.batch_size, device)
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        embeddings = engine.module.get_input_embeddings()(batch["input_ids"])
+        embeddings = neftune(embeddings, batch["attention_mask"], cfg.optim.neftune_alpha)
+        logits = engine(inputs_embeds=embeddings, attention_mask=batch["attention_mask"]).logits
+        return response_loss(logits, batch["labels"], cfg.optim.label_smoothing), {}
+
+    def record(step: int, window) -> None:
+        row = {"step": step, "loss": window.mean_sums()["loss"] / window.steps, "lr": float(scheduler.get_last_lr()[0]),
+               "seconds": time.perf_counter() - started}
+        history.append(row)
+        if log is not None:
+            log(row)
+
+    run_steps(engine, keyed_batches(batch, 0, cfg.optim.grad_accum), loss_of, start=0, stop=steps,
+              grad_accum=cfg.optim.grad_accum, log_every=b.log_every, log=record, device=device)
     return engine, history
 
 
@@ -206,8 +204,6 @@ def _free_port() -> int:
 def oracle_job(config: dict, jobs: list[dict]) -> list[dict]:
     """One Ray task: trains the LoRAs of `jobs` one after another in a single-process DeepSpeed engine."""
     cfg = from_dict(BaselineRecipe, config["recipe"])
-    from t2l_ray.train.engine import set_cpu_accelerator_env
-
     set_cpu_accelerator_env(cfg.run.use_gpu)
     import deepspeed
     import torch.distributed as dist
@@ -287,18 +283,11 @@ def run_oracle(cfg: BaselineRecipe, out: str, todo, descriptions: dict[str, list
 
 def multitask_loop_per_worker(config: dict) -> None:
     """Ray Train worker: one LoRA over every training task's examples, DeepSpeed across the workers."""
-    import ray
-
     cfg = from_dict(BaselineRecipe, config["recipe"])
-    from t2l_ray.train.engine import set_cpu_accelerator_env
-
-    set_cpu_accelerator_env(cfg.run.use_gpu)
+    rank, world, device = ray_train_worker(cfg.run.use_gpu)
+    import ray
     import ray.train
-    import ray.train.torch
 
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
     shapes = BaseShapes.from_dict(config["shapes"])
     out = config["out"]
     rows = ray.get(config["rows"])

@@ -1,9 +1,10 @@
-"""Pieces every training command shares: run-folder conventions, checkpoints, metrics.
+"""The run folder every training command writes, from the workers' side and from the driver's.
 
-Used by the SFT loop, the reconstruction loop (`recon.py`) and the LoRA baselines (`baselines.py`), so the
-three write the same run folder:
+Used by the hypernet loop (`loop.py`, for SFT and reconstruction alike) and the LoRA baselines
+(`baselines.py`), so they write the same run folder:
 - `config.yaml`, the resolved recipe;
 - `metrics.jsonl`, one JSON object per logged step with at least `step`, `loss`, `lr`, `samples_per_s`;
+- `tensorboard/`, the same scalars for TensorBoard;
 - `checkpoint_*`, Ray Train checkpoints: every rank's DeepSpeed state under tag `ds`, its torch RNG state
   (`rng_rank{N}.pt`) and `trainer_state.json` (step, epoch, data position);
 - `hypernet/`, the latest exported hypernet in the foundation's checkpoint format;
@@ -54,61 +55,28 @@ class MetricsLog:
         storage.write_text(self.uri, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
-def mean_across_workers(values, device: torch.device | None = None) -> torch.Tensor:
-    """The mean of each value over all workers, as a float64 tensor on this worker's device.
+class TensorBoard:
+    """TensorBoard scalars under `{run}/tensorboard/`; written locally and copied up when the run is remote."""
 
-    The tensor is built and reduced on `device`, by default Ray Train's device for this worker
-    (`ray.train.torch.get_device()`, cuda:N on GPU workers): nccl reduces CUDA tensors only and refuses others
-    ("No backend type associated with device type cpu"). Code outside a Ray Train worker (the oracle LoRA
-    jobs) passes its own. `values` may be numbers or device tensors, so nothing waits for the device until the
-    caller reads the result, once per log step. Outside a process group the values come back as they are.
-    """
-    import ray.train.torch
-    import torch.distributed as dist
+    def __init__(self, run_dir: str):
+        from torch.utils.tensorboard import SummaryWriter
 
-    device = device or ray.train.torch.get_device()
-    tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return tensor
+        fs, path = storage.resolve(run_dir)
+        self.remote = None if fs.type_name == "local" else storage.join(run_dir, "tensorboard")
+        self.folder = str(Path(path, "tensorboard")) if self.remote is None else tempfile.mkdtemp(prefix="t2l-tb-")
+        self.writer = SummaryWriter(self.folder)
 
+    def log(self, row: dict) -> None:
+        for key, value in row.items():
+            if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"train/{key}", value, row["step"])
+        self.writer.flush()
 
-class LogWindow:
-    """Sums of per-step values between two log steps, kept as device tensors.
-
-    Reading a loss on the host (`float(loss)`) waits for the GPU; doing it every step stalls the pipeline.
-    The sums are read once per log step instead, averaged over the workers in one collective.
-    """
-
-    def __init__(self, device: torch.device | None = None):
-        self.device = device  # None: Ray Train's device for this worker (see mean_across_workers)
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.steps = 0
-        self.started = time.perf_counter()
-
-    def add(self, **values) -> None:
-        """One (micro-)step's values: tensors (detached here) or numbers."""
-        for name, value in values.items():
-            value = value.detach() if isinstance(value, torch.Tensor) else value
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.steps += 1
-
-    def mean_sums(self) -> dict[str, float]:
-        """Each value's sum over this window, averaged over the workers (divide by `steps` for a per-step mean)."""
-        names = sorted(self.sums)
-        return dict(zip(names, mean_across_workers([self.sums[n] for n in names], self.device).tolist()))
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started
-
-
-def device_memory(device: torch.device) -> dict[str, float]:
-    """`{"peak_mem_gib": ...}`: the most memory torch has held on a GPU worker's device so far; {} on CPU."""
-    if device.type != "cuda":
-        return {}
-    return {"peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    def sync(self) -> None:
+        if self.remote is None:
+            return
+        for file in Path(self.folder).iterdir():
+            storage.write_bytes(storage.join(self.remote, file.name), file.read_bytes())
 
 
 def record_worker(run_dir: str, rank: int) -> None:

@@ -1,4 +1,5 @@
-"""The driver side of `t2l-ray train`: prepare data on the driver, run a Ray Train TorchTrainer, report.
+"""The driver side of `t2l-ray train`: the objective prepares its data on the driver, a Ray Train TorchTrainer
+runs the hypernet loop (`loop.py`) on the workers.
 
 Runs on the current Ray cluster (RAY_ADDRESS, or the one this process runs in under `ray job submit`),
 else starts a local one. The run folder (`run.output_dir`, a path or URI) holds `config.yaml`,
@@ -13,52 +14,37 @@ the workers log it (the CLI draws its progress and metric lines from them).
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import tempfile
 from collections.abc import Callable
 
-from t2l_ray import storage
-from t2l_ray.base_model import save_base, target_shapes, tokenizer_overrides
 from t2l_ray.config import to_dict
-from t2l_ray.data.prepare import prepare_data
 from t2l_ray.train.common import fit_reporting, make_trainer, write_run_config
 from t2l_ray.train.config import TrainConfig
-from t2l_ray.train.engine import compute_dtype
+from t2l_ray.train.loop import train_loop_per_worker
+from t2l_ray.train.recon import Reconstruction
+from t2l_ray.train.sft import SFT
+
+OBJECTIVES = {"sft": SFT, "reconstruction": Reconstruction}
+"""`objective` -> its plug-in for `loop.train_loop_per_worker` (the `loop.Objective` protocol)."""
 
 
 def run_training(cfg: TrainConfig, on_data: Callable[[dict], None] | None = None,
                  on_row: Callable[[dict], None] | None = None) -> str:
     """Train; returns the run folder URI. `on_data` gets `{"summary": DataSummary, "embeddings": EmbeddingStats}`
-    (reconstruction: `{"library": ..., ...}`, see `recon.run_reconstruction`), `on_row` each metrics row."""
-    from t2l_ray.data.pipeline import build_sft_dataset
+    (reconstruction: `{"library", "loras", "ranks", "descriptions", "embeddings"}`), `on_row` each metrics row."""
     from t2l_ray.raycluster import ensure_ray
-    from t2l_ray.train.loop import train_loop_per_worker
 
     cfg.check()
-    if cfg.objective == "reconstruction":
-        from t2l_ray.train.recon import run_reconstruction
-
-        return run_reconstruction(cfg, on_data=on_data, on_row=on_row)
+    objective = OBJECTIVES[cfg.objective]
     ensure_ray()
     run_dir = cfg.run.output_dir
     write_run_config(cfg, run_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        data = prepare_data(cfg, run_dir, scratch)
-        if on_data is not None:
-            on_data({"summary": data.summary, "embeddings": data.embedding_stats})
-        cfg.model.config_overrides = tokenizer_overrides(cfg.model, data.vocab_size)
-        dataset = build_sft_dataset(
-            data.task_uris, data.descriptions, data.embeddings,
-            encoder=cfg.encoder, tokenizer_dir=data.tokenizer_dir, tasks_per_batch=cfg.data.tasks_per_batch,
-            max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
-            seed=cfg.run.seed,
-        )
-        shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
-        if cfg.model.init == "random":  # the hypernet, so every adapter, names the saved base
-            base = save_base(cfg.model, compute_dtype(cfg), data.tokenizer_dir, storage.join(run_dir, "base"))
-            shapes = dataclasses.replace(shapes, base_model=base)
-        loop_config = {"train": to_dict(cfg), "run_dir": run_dir, "shapes": shapes.to_dict(),
-                       "encoder_dim": data.encoder_dim, "encoder": cfg.encoder}
-        trainer = make_trainer(cfg, train_loop_per_worker, loop_config, run_dir, datasets={"train": dataset})
+        plan = objective.prepare(cfg, run_dir, scratch, on_data or (lambda data: None))
+        loop_config = {"train": to_dict(cfg), "run_dir": run_dir, "shapes": plan.shapes.to_dict(),
+                       "encoder": cfg.encoder, "encoder_dim": plan.encoder_dim, **plan.loop_config}
+        loop = functools.partial(train_loop_per_worker, objective=objective)
+        trainer = make_trainer(cfg, loop, loop_config, run_dir, datasets=plan.datasets)
         fit_reporting(trainer, run_dir, on_row)
     return run_dir

@@ -1,4 +1,4 @@
-"""The DeepSpeed engine around the hypernet.
+"""The DeepSpeed engine around the hypernet, and where a Ray Train worker runs.
 
 The hypernet is the only trainable module, so it alone goes into `deepspeed.initialize` (ZeRO shards its
 parameters, gradients and optimizer state). The base model beside it (`t2l_ray/base_model.py`) is frozen,
@@ -68,6 +68,16 @@ def pin_build_tools() -> None:
 def compute_dtype(cfg: TrainConfig) -> torch.dtype:
     """The dtype of the base weights and of the engine's inputs: bf16 with `deepspeed.bf16`, else fp32."""
     return torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32
+
+
+def ray_train_worker(use_gpu: bool) -> tuple[int, int, torch.device]:
+    """`(rank, world size, device)` of this Ray Train worker, once DeepSpeed's accelerator is chosen."""
+    set_cpu_accelerator_env(use_gpu)
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    return context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
 
 
 def build_engine(hypernet: torch.nn.Module, cfg: TrainConfig):

@@ -1,146 +1,143 @@
-"""The per-worker training loop that Ray Train runs on every worker.
+"""The per-worker loop of hypernet training, with the objective's step plugged in.
 
-Each worker: the frozen base model, the hypernet inside a DeepSpeed engine, its shard of the task-grouped
-stream. Every `checkpoint_every` steps all workers save the DeepSpeed state (model, optimizer, scheduler)
-plus their RNG and data position into one Ray Train checkpoint, and rank 0 exports the full hypernet to
-`{run}/hypernet/` in the foundation's checkpoint format. A restarted worker group resumes from the latest
-checkpoint and skips the groups it had already consumed in that epoch.
+Ray Train runs `train_loop_per_worker` on every worker: setup (recipe, device, seed, the objective's own
+pieces, the hypernet inside a DeepSpeed engine, the restored checkpoint), the optimizer steps
+(`steps.run_steps`), a metrics row on each log step, a checkpoint every `checkpoint_every` steps, teardown
+(`engine.destroy()`). Every checkpoint holds all workers' DeepSpeed state (model, optimizer, scheduler), their
+RNG and the trainer state (the step, and what the objective keeps, e.g. the data position) in one Ray Train
+checkpoint, and rank 0 exports the full hypernet to `{run}/hypernet/`. A restarted worker group resumes from
+the latest checkpoint.
+
+An objective (`Objective`: `sft.SFT`, `recon.Reconstruction`) is what differs: the data, the loss, and the
+values it adds to the metrics rows. The driver (`driver.run_training`) calls its `prepare` and hands the
+class to every worker.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 import torch
 
-from t2l_ray import storage
 from t2l_ray.config import from_dict
-from t2l_ray.train.config import TrainConfig
+from t2l_ray.shapes import BaseShapes
 from t2l_ray.train.common import (
-    LogWindow,
     MetricsLog,
-    device_memory,
+    TensorBoard,
     export_hypernet,
     record_worker,
     restore_checkpoint,
     save_and_report,
 )
-from t2l_ray.train.engine import set_cpu_accelerator_env
+from t2l_ray.train.config import TrainConfig
+from t2l_ray.train.engine import build_engine, ray_train_worker
+from t2l_ray.train.steps import LogWindow, run_steps
 
-class TensorBoard:
-    """TensorBoard scalars under `{run}/tensorboard/`; written locally and copied up when the run is remote."""
-
-    def __init__(self, run_dir: str):
-        from torch.utils.tensorboard import SummaryWriter
-
-        fs, path = storage.resolve(run_dir)
-        self.remote = None if fs.type_name == "local" else storage.join(run_dir, "tensorboard")
-        self.folder = str(Path(path, "tensorboard")) if self.remote is None else tempfile.mkdtemp(prefix="t2l-tb-")
-        self.writer = SummaryWriter(self.folder)
-
-    def log(self, row: dict) -> None:
-        for key, value in row.items():
-            if key not in ("step", "epoch", "time") and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"train/{key}", value, row["step"])
-        self.writer.flush()
-
-    def sync(self) -> None:
-        if self.remote is None:
-            return
-        for file in Path(self.folder).iterdir():
-            storage.write_bytes(storage.join(self.remote, file.name), file.read_bytes())
+RATES = {"tokens": "tokens_per_s", "samples": "samples_per_s"}
+"""Window values that count things; the rows report them per second over all workers."""
 
 
-def train_loop_per_worker(config: dict) -> None:
+@dataclass
+class Plan:
+    """What an objective's driver side hands the run: the hypernet's shapes and encoder width, loop config
+    entries of its own (plain data, sent to every worker), and the Ray Datasets the workers stream."""
+
+    shapes: BaseShapes
+    encoder_dim: int
+    loop_config: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, Any] | None = None
+
+
+class Objective(Protocol):
+    """One kind of hypernet training: its driver side and, one instance per worker, its worker side."""
+
+    fresh_state: ClassVar[dict]
+    """Trainer-state entries of a fresh run beyond `step`; checkpointed and restored with it."""
+
+    @staticmethod
+    def prepare(cfg: TrainConfig, run_dir: str, scratch: str, on_data: Callable[[dict], None]) -> Plan:
+        """On the driver: resolve the data (copies go under `scratch`), report it to `on_data`."""
+
+    def __init__(self, cfg: TrainConfig, config: dict, rank: int, device: torch.device):
+        """On each worker, before the hypernet is built (after its seed is set): load what the steps need."""
+
+    def micro_batches(self, state: dict) -> Iterator:
+        """The micro-batches from the (restored) trainer `state` on."""
+
+    def loss(self, engine, batch) -> tuple[torch.Tensor, dict]:
+        """The loss of one micro-batch, and the other values to log (`RATES` names count values)."""
+
+    def log_values(self, engine, state: dict) -> dict:
+        """Entries the objective adds to a metrics row (every worker calls it: it may run collectives)."""
+
+
+def device_memory(device: torch.device) -> dict[str, float]:
+    """`{"peak_mem_gib": ...}`: the most memory torch has held on a GPU worker's device so far; {} on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
+def metrics_row(step: int, sums: dict[str, float], micro_steps: int, seconds: float, world: int, extra: dict,
+                lr: float, grad_norm, memory: dict) -> dict:
+    """One `metrics.jsonl` row from a log window: `sums` (averaged over the workers) become per-micro-step
+    means, or per-second rates over all workers for the `RATES` values."""
+    means = {name: value / micro_steps for name, value in sums.items() if name not in RATES}
+    rates = {RATES[name]: value * world / seconds for name, value in sums.items() if name in RATES}
+    return {"step": step, **extra, **means, "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            **rates, "time": time.time(), **memory}
+
+
+def train_loop_per_worker(config: dict, objective: type[Objective]) -> None:
+    """Ray Train's worker function (the driver binds `objective`)."""
     cfg = from_dict(TrainConfig, config["train"])
-    set_cpu_accelerator_env(cfg.run.use_gpu)
+    rank, world, device = ray_train_worker(cfg.run.use_gpu)
     import ray.train
-    import ray.train.torch
 
     from t2l_ray.hypernet import TextToLoRA
-    from t2l_ray.shapes import BaseShapes
-    from t2l_ray.base_model import build_base_model
-    from t2l_ray.train.engine import build_engine, compute_dtype
-    from t2l_ray.train.objectives import sft_loss
 
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     run_dir = config["run_dir"]
-    device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)  # the same hypernet init on every worker
-
-    base = build_base_model(cfg.model, compute_dtype(cfg), device)
+    steps = objective(cfg, config, rank, device)
     hypernet = TextToLoRA(cfg.hypernet, BaseShapes.from_dict(config["shapes"]), config["encoder_dim"])
     engine, _, scheduler = build_engine(hypernet, cfg)
-    scale = cfg.hypernet.scale
 
     resuming = ray.train.get_checkpoint() is not None
-    state = restore_checkpoint(engine, rank, {"step": 0, "epoch": 0, "position": 0}, cfg.run.seed)
+    state = restore_checkpoint(engine, rank, {"step": 0, **objective.fresh_state}, cfg.run.seed)
+    resumed_from = state["step"] if resuming else None  # marked on the first row logged after a restore
     metrics = MetricsLog(run_dir, state["step"]) if rank == 0 else None
     board = TensorBoard(run_dir) if rank == 0 else None
-    resumed_from = state["step"] if resuming else None
     record_worker(run_dir, rank)  # operators (and the fault-injection test) find each worker's process
 
-    shard = ray.train.get_dataset_shard("train")
-    window = LogWindow()
+    def log(step: int, window: LogWindow) -> None:
+        nonlocal resumed_from
+        sums, seconds = window.mean_sums(), window.seconds
+        row = metrics_row(step, sums, window.steps, seconds, world, steps.log_values(engine, state),
+                          float(scheduler.get_last_lr()[0]), engine.get_global_grad_norm(), device_memory(device))
+        if resumed_from is not None:
+            row["resumed_from"], resumed_from = resumed_from, None
+        if metrics:
+            metrics.log(row)
+            board.log(row)
 
-    def save(final: bool) -> None:
-        def export() -> None:
-            export_hypernet(engine, cfg, hypernet, config["encoder"], run_dir, rank, state["step"])
-            if board:
-                board.sync()
+    def export() -> None:
+        export_hypernet(engine, cfg, hypernet, config["encoder"], run_dir, rank, state["step"])
+        if board:
+            board.sync()
 
-        save_and_report(engine, state, rank, final=final, before_report=export)
+    def after_step(step: int) -> None:
+        state["step"] = step
+        if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.max_steps:
+            save_and_report(engine, state, rank, final=step == cfg.optim.max_steps, before_report=export)
 
-    while state["step"] < cfg.optim.max_steps:
-        skip, seen = state["position"], 0
-        for position, batch in enumerate(shard.iter_torch_batches(batch_size=1, device=device)):
-            seen += 1
-            if position < skip:
-                continue
-            state["position"] = position + 1
-            batch = {k: v[0] for k, v in batch.items()}
-            engine.train()
-            embedding = batch["embedding"].to(torch.bfloat16 if cfg.deepspeed.bf16 else torch.float32)
-            weights = engine(embedding)
-            loss, parts = sft_loss(
-                base, weights, scale, batch, label_smoothing=cfg.optim.label_smoothing, l2=cfg.optim.l2_generated,
-                neftune_alpha=cfg.optim.neftune_alpha, training=True,
-            )
-            engine.backward(loss)
-            engine.step()
-            window.add(loss=loss, lm_loss=parts["lm_loss"], tokens=batch["attention_mask"].sum(),
-                       samples=batch["input_ids"].shape[0])
-            if not engine.is_gradient_accumulation_boundary():
-                continue
-            state["step"] += 1
-            step = state["step"]
-            if step == 1 or step % cfg.run.log_every == 0 or step == cfg.optim.max_steps:
-                sums, elapsed = window.mean_sums(), window.seconds
-                grad_norm = engine.get_global_grad_norm()
-                row = {
-                    "step": step, "epoch": state["epoch"], "loss": sums["loss"] / window.steps,
-                    "lm_loss": sums["lm_loss"] / window.steps,
-                    "lr": float(scheduler.get_last_lr()[0]),
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "tokens_per_s": sums["tokens"] * world / elapsed, "samples_per_s": sums["samples"] * world / elapsed,
-                    "time": time.time(), **device_memory(device),
-                }
-                if resumed_from is not None:
-                    row["resumed_from"], resumed_from = resumed_from, None
-                if metrics:
-                    metrics.log(row)
-                    board.log(row)
-                window = LogWindow()
-            if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.max_steps:
-                save(final=step == cfg.optim.max_steps)
-            if step >= cfg.optim.max_steps:
-                break
-        else:
-            if seen == 0:
-                raise RuntimeError("the training stream yielded no batch: too few tasks or examples for one group")
-            state["epoch"] += 1
-            state["position"] = 0
+    batches = steps.micro_batches(state)
+    try:
+        run_steps(engine, batches, lambda batch: steps.loss(engine, batch), start=state["step"],
+                  stop=cfg.optim.max_steps, grad_accum=cfg.optim.grad_accum, log_every=cfg.run.log_every,
+                  log=log, after_step=after_step)
+    finally:
+        batches.close()
     engine.destroy()
