@@ -73,7 +73,7 @@ def test_describe_gives_defaults_for_a_class_and_values_for_an_instance():
     ("baseline.batch_size=0", "baseline.batch_size must be at least 1"),
     ("baseline.tasks_per_job=0", "baseline.tasks_per_job must be at least 1"),
     ("baseline.log_every=0", "baseline.log_every must be at least 1"),
-    ("baseline.warmup_steps=-1", "baseline.warmup_steps must be 0 or more"),
+    ("baseline.warmup_steps=0", "baseline.warmup_steps must be at least 1"),
     ("baseline.multitask_steps=-5", "baseline.multitask_steps must be 0 or more"),
     ("baseline.max_examples_per_task=-1", "baseline.max_examples_per_task must be 0 or more"),
     ("baseline.lr=0", "baseline.lr must be > 0, not 0.0"),
@@ -100,6 +100,12 @@ def test_settings_cpu_workers_cannot_run_are_refused_with_the_reason(override, r
     config = load_config(TrainConfig, None, [override])
     with pytest.raises(ValueError, match=reason):
         config.check()
+
+
+def test_a_recipe_without_warmup_is_refused_before_any_worker_starts():
+    """DeepSpeed's WarmupDecayLR raises on 0 warmup steps, on every worker; the driver says so first."""
+    with pytest.raises(ValueError, match=re.escape("optim.warmup_steps must be at least 1")):
+        load_config(TrainConfig, None, ["optim.warmup_steps=0"]).check()
 
 
 def test_the_cli_reports_a_refused_setting_without_starting_ray():

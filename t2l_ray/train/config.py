@@ -33,7 +33,7 @@ class DataConfig:
 class OptimConfig:
     lr: float = doc("Peak learning rate (T2L: 2.5e-5).", 2.5e-5)
     weight_decay: float = doc("AdamW weight decay (T2L: 1e-2).", 1e-2)
-    warmup_steps: int = doc("Linear warmup steps, then linear decay to 0.", 10)
+    warmup_steps: int = doc("Linear warmup steps (at least 1), then linear decay to 0.", 10)
     max_steps: int = doc("Optimizer steps in the run.", 1000)
     grad_clip: float = doc("Gradient-norm clipping.", 1.0)
     grad_accum: int = doc("Micro-batches per optimizer step.", 1)
@@ -96,6 +96,9 @@ class TrainConfig:
             )
         if self.data.tasks_per_batch < 1 or self.optim.max_steps < 1:
             raise ValueError("data.tasks_per_batch and optim.max_steps must be at least 1")
+        if self.optim.warmup_steps < 1:
+            raise ValueError(f"optim.warmup_steps must be at least 1 (DeepSpeed's WarmupDecayLR refuses 0), "
+                             f"not {self.optim.warmup_steps}")
         if self.objective == "reconstruction" and not self.reconstruction.library:
             raise ValueError("objective=reconstruction needs reconstruction.library (a folder of LoRA folders)")
 
@@ -110,7 +113,7 @@ class BaselineConfig:
     lr: float = doc("Peak learning rate of a LoRA (warmup, then linear decay).", 1e-4)
     max_steps: int = doc("Optimizer steps per LoRA (oracle: each task's; multitask: the one LoRA's).", 200)
     multitask_steps: int = doc("Optimizer steps of the multi-task LoRA; 0 = max_steps.", 0)
-    warmup_steps: int = doc("Linear warmup steps.", 10)
+    warmup_steps: int = doc("Linear warmup steps (at least 1).", 10)
     batch_size: int = doc("Examples per micro-batch (per worker for the multi-task run).", 8)
     max_examples_per_task: int = doc("Use at most this many examples of a task (sampled with the seed); 0 = all.", 0)
     tasks_per_job: int = doc("Oracle LoRAs trained one after another in one Ray task (one process).", 8)
@@ -123,10 +126,10 @@ class BaselineConfig:
 
     def check(self) -> None:
         """Refuse values no run can use, naming the field."""
-        for name in ("max_steps", "batch_size", "tasks_per_job", "log_every"):
+        for name in ("max_steps", "batch_size", "tasks_per_job", "log_every", "warmup_steps"):  # DeepSpeed needs a warmup
             if getattr(self, name) < 1:
                 raise ValueError(f"baseline.{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("multitask_steps", "warmup_steps", "max_examples_per_task"):
+        for name in ("multitask_steps", "max_examples_per_task"):
             if getattr(self, name) < 0:
                 raise ValueError(f"baseline.{name} must be 0 or more, not {getattr(self, name)}")
         for name in ("lr", "cpus_per_job"):
