@@ -16,7 +16,7 @@ class to every worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -64,7 +64,7 @@ class Objective(Protocol):
     def __init__(self, cfg: TrainConfig, config: dict, rank: int, device: torch.device):
         """On each worker, before the hypernet is built (after its seed is set): load what the steps need."""
 
-    def micro_batches(self, state: dict) -> Iterator:
+    def micro_batches(self, state: dict) -> Generator:
         """The micro-batches from the (restored) trainer `state` on."""
 
     def loss(self, engine, batch) -> tuple[torch.Tensor, dict]:
@@ -101,7 +101,7 @@ def train_loop_per_worker(config: dict, objective: type[Objective]) -> None:
 
     run_dir = config["run_dir"]
     torch.manual_seed(cfg.run.seed)  # the same hypernet init on every worker
-    steps = objective(cfg, config, rank, device)
+    plugin = objective(cfg, config, rank, device)
     hypernet = TextToLoRA(cfg.hypernet, BaseShapes.from_dict(config["shapes"]), config["encoder_dim"])
     engine, _, scheduler = build_engine(hypernet, cfg)
 
@@ -115,7 +115,7 @@ def train_loop_per_worker(config: dict, objective: type[Objective]) -> None:
     def log(step: int, window: LogWindow) -> None:
         nonlocal resumed_from
         sums, seconds = window.mean_sums(), window.seconds
-        row = metrics_row(step, sums, window.steps, seconds, world, steps.log_values(engine, state),
+        row = metrics_row(step, sums, window.steps, seconds, world, plugin.log_values(engine, state),
                           float(scheduler.get_last_lr()[0]), engine.get_global_grad_norm(), device_memory(device))
         if resumed_from is not None:
             row["resumed_from"], resumed_from = resumed_from, None
@@ -133,11 +133,11 @@ def train_loop_per_worker(config: dict, objective: type[Objective]) -> None:
         if step % cfg.run.checkpoint_every == 0 or step == cfg.optim.max_steps:
             save_and_report(engine, state, rank, final=step == cfg.optim.max_steps, before_report=export)
 
-    batches = steps.micro_batches(state)
+    batches = plugin.micro_batches(state)
     try:
-        run_steps(engine, batches, lambda batch: steps.loss(engine, batch), start=state["step"],
+        run_steps(engine, batches, lambda batch: plugin.loss(engine, batch), start=state["step"],
                   stop=cfg.optim.max_steps, grad_accum=cfg.optim.grad_accum, log_every=cfg.run.log_every,
                   log=log, after_step=after_step)
     finally:
-        batches.close()
+        batches.close()  # the stream's iterator ends here, not when the worker function returns
     engine.destroy()

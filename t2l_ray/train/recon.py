@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 import torch
 
@@ -129,7 +129,7 @@ class Reconstruction:
         self.targets = {task: load_targets(entries[task], shapes, self.modules) for task in self.tasks}  # on the CPU
         self.embeddings = load_embeddings(config["embeddings_uri"], config["encoder"], descriptions)
 
-    def micro_batches(self, state: dict) -> Iterator[dict]:
+    def micro_batches(self, state: dict) -> Generator[dict, None, None]:
         def batch(step: int, micro: int) -> dict:
             chosen, rng = sample_batch(self.tasks, self.cfg.data.tasks_per_batch, self.cfg.run.seed, self.rank, step, micro)
             embedding = torch.stack([self.embeddings[t][rng.randrange(len(self.embeddings[t]))] for t in chosen])

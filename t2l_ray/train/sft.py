@@ -10,7 +10,7 @@ checkpoint's epoch and position (`resumable`); the loss is `objectives.sft_loss`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 
 import torch
 
@@ -22,7 +22,7 @@ from t2l_ray.train.loop import Plan
 from t2l_ray.train.objectives import sft_loss
 
 
-def resumable(open_epoch: Callable[[], Iterable], state: dict) -> Iterator:
+def resumable(open_epoch: Callable[[], Iterable], state: dict) -> Generator:
     """The items of `open_epoch()`, epoch after epoch, from position `state["position"]` of the current epoch on.
 
     `state["epoch"]` and `state["position"]` (the items of that epoch taken so far) follow every item taken,
@@ -74,7 +74,7 @@ class SFT:
         self.base = build_base_model(cfg.model, self.dtype, device)
         self.shard = ray.train.get_dataset_shard("train")
 
-    def micro_batches(self, state: dict) -> Iterator[dict[str, torch.Tensor]]:
+    def micro_batches(self, state: dict) -> Generator[dict[str, torch.Tensor], None, None]:
         epoch = lambda: self.shard.iter_torch_batches(batch_size=1, device=self.device)  # noqa: E731
         for batch in resumable(epoch, state):
             yield {k: v[0] for k, v in batch.items()}  # each row of the stream is one whole batch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
 
 import torch
@@ -80,7 +80,7 @@ def is_log_step(step: int, every: int, last: int) -> bool:
     return step == 1 or step % every == 0 or step == last
 
 
-def keyed_batches(make: Callable[[int, int], T], start: int, grad_accum: int) -> Iterator[T]:
+def keyed_batches(make: Callable[[int, int], T], start: int, grad_accum: int) -> Generator[T, None, None]:
     """`make(step, micro)` for the micro-batches of steps `start`, `start + 1`, ... (a step is numbered by the
     steps done before it): batches that are a pure function of their place in the run, so a resumed run draws
     the very batches the uninterrupted one would have."""
