@@ -65,3 +65,12 @@ def test_a_random_base_is_saved_whole_and_loads_bit_identically(tmp_path):
     # ... and it loads as a pretrained base: what the chat deployment builds from RUN/base
     served = build_base_model(ModelConfig(name_or_path=uri)).state_dict()
     assert all(torch.equal(served[k], built[k]) for k in built)
+
+
+def test_the_builder_does_not_import_ray():
+    """Eval actors, the chat deployment and plain scripts build bases too; none of them should pull in Ray."""
+    import subprocess
+    import sys
+
+    code = "import sys, t2l_ray.base_model as b; b.target_shapes(b.ModelConfig(), ['q_proj']); print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
