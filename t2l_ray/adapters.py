@@ -16,22 +16,22 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from t2l_ray import __version__, storage
 from t2l_ray.hypernet import LoraWeights
+from t2l_ray.packing import DTYPES, AdapterLayout, pack, packed_bytes
 from t2l_ray.shapes import BaseShapes, ModuleShape, base_shapes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 META_FILE = "t2l_meta.json"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, META_FILE)
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 KEY_PATTERN = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight$")
 PEFT_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(A|B)(?:\.[\w-]+)?\.weight$")
 """Any PEFT LoRA's keys, with or without the adapter name (`lora_A.weight` as saved, `lora_A.default.weight` live)."""
@@ -41,10 +41,6 @@ def peft_scale(config: dict) -> float:
     """The factor PEFT applies to B @ A for a LoRA folder's `adapter_config.json` (1 for this project's adapters)."""
     rank, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
     return alpha / (rank ** 0.5 if config.get("use_rslora") else rank)
-
-
-def lora_key(layer: int, module: ModuleShape, which: str) -> str:
-    return f"base_model.model.model.layers.{layer}.{module.parent}.{module.name}.lora_{which}.weight"
 
 
 def adapter_config(shapes: BaseShapes, rank: int, target_modules: list[str]) -> dict:
@@ -71,18 +67,25 @@ def adapter_config(shapes: BaseShapes, rank: int, target_modules: list[str]) -> 
     }
 
 
-def adapter_tensors(
-    weights: LoraWeights, index: int, shapes: BaseShapes, scale: float, dtype: torch.dtype = torch.bfloat16
-) -> dict[str, torch.Tensor]:
-    """PEFT-named tensors of sample `index`, with `scale` folded into B in float32 before the cast."""
-    tensors = {}
-    for name, (a, b) in weights.items():
-        module = shapes.module(name)
-        for layer in range(shapes.num_layers):
-            tensors[lora_key(layer, module, "A")] = a[index, layer].detach().float().to(dtype).contiguous()
-            folded = b[index, layer].detach().float() * scale
-            tensors[lora_key(layer, module, "B")] = folded.to(dtype).contiguous()
-    return tensors
+def config_bytes(shapes: BaseShapes, rank: int, target_modules: list[str]) -> bytes:
+    return json.dumps(adapter_config(shapes, rank, target_modules), indent=2).encode()
+
+
+def meta_bytes(*, adapter_id: str | None, description: str, checkpoint_sha256: str, encoder: str, scale: float,
+               dtype: str, extra_meta: dict | None = None) -> bytes:
+    """`t2l_meta.json`: where the adapter came from (`extra_meta` adds keys, e.g. a factory line's metadata)."""
+    meta = {
+        "adapter_id": adapter_id,
+        "description": description,
+        "checkpoint_sha256": checkpoint_sha256,
+        "encoder": encoder,
+        "folded_scale": scale,
+        "dtype": dtype,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "t2l_ray_version": __version__,
+        **(extra_meta or {}),
+    }
+    return json.dumps(meta, indent=2).encode()
 
 
 @dataclass
@@ -114,33 +117,26 @@ def render_adapter(
     dtype: str = "bfloat16",
     extra_meta: dict | None = None,
 ) -> AdapterFiles:
+    """Sample `index` of `weights` as an adapter folder, through the same packing as batched generation."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, not {dtype!r}")
-    tensors = adapter_tensors(weights, index, shapes, scale, DTYPES[dtype])
-    meta = {
-        "adapter_id": adapter_id,
-        "description": description,
-        "checkpoint_sha256": checkpoint_sha256,
-        "encoder": encoder,
-        "folded_scale": scale,
-        "dtype": dtype,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "t2l_ray_version": __version__,
-        **(extra_meta or {}),
-    }
-    config = adapter_config(shapes, rank, list(weights))
-    return AdapterFiles(
-        {
-            WEIGHTS_FILE: save_safetensors(tensors, metadata={"format": "pt"}),
-            META_FILE: json.dumps(meta, indent=2).encode(),
-            CONFIG_FILE: json.dumps(config, indent=2).encode(),
-        }
-    )
+    modules = [shapes.module(name) for name in weights]
+    layout = AdapterLayout(modules, shapes.num_layers, rank, DTYPES[dtype])
+    row = torch.empty(1, layout.numel, dtype=layout.dtype)
+    pack({name: (a[index:index + 1].detach().cpu(), b[index:index + 1].detach().cpu()) for name, (a, b) in weights.items()},
+         layout, scale, row)
+    return AdapterFiles({
+        WEIGHTS_FILE: layout.header + packed_bytes(row).tobytes(),
+        META_FILE: meta_bytes(adapter_id=adapter_id, description=description, checkpoint_sha256=checkpoint_sha256,
+                              encoder=encoder, scale=scale, dtype=dtype, extra_meta=extra_meta),
+        CONFIG_FILE: config_bytes(shapes, rank, list(weights)),
+    })
 
 
-def write_adapter(uri: str, adapter: AdapterFiles) -> None:
-    """Commit one adapter folder; the config goes last so no reader ever sees half an adapter."""
-    storage.write_folder(uri, adapter.files, commit_file=CONFIG_FILE)
+def write_adapter(uri: str, adapter: AdapterFiles | Mapping[str, storage.Data | Sequence[storage.Data]]) -> None:
+    """Commit one adapter folder; the config goes last so no reader ever sees half an adapter. A file may be
+    given as several buffers (the factory's weights: the layout's header and a row of its batch buffer)."""
+    storage.write_folder(uri, adapter.files if isinstance(adapter, AdapterFiles) else adapter, commit_file=CONFIG_FILE)
 
 
 def is_complete(uri: str) -> bool:
@@ -169,21 +165,23 @@ def list_adapters(out: str, limit: int) -> list[tuple[str, int]]:
 SAME_ADAPTER = "exists"
 
 
-def existing_adapter(folder: str, description: str, checkpoint_sha256: str) -> str | None:
+def existing_adapter(folder: str, description: str, checkpoint_sha256: str, shown: str | None = None) -> str | None:
     """What a folder already holds: None (no complete adapter), SAME_ADAPTER (this description from this
-    checkpoint, so nothing to do), or the reason it holds another adapter (which must never be overwritten)."""
+    checkpoint, so nothing to do), or the reason it holds another adapter (which must never be overwritten),
+    naming the folder as `shown` (default: `folder`)."""
     if not is_complete(folder):
         return None
+    name = shown or folder
     try:
         meta = json.loads(storage.read_bytes(storage.join(folder, META_FILE)))
     except (FileNotFoundError, json.JSONDecodeError):
         meta = None
     if not isinstance(meta, dict):
-        return f"{folder} holds an adapter without a readable {META_FILE}"
+        return f"{name} holds an adapter without a readable {META_FILE}"
     if meta.get("description") != description:
-        return f"{folder} already holds an adapter for a different description"
+        return f"{name} already holds an adapter for a different description"
     if meta.get("checkpoint_sha256") != checkpoint_sha256:
-        return f"{folder} already holds an adapter from another checkpoint (sha256 {meta.get('checkpoint_sha256')})"
+        return f"{name} already holds an adapter from another checkpoint (sha256 {meta.get('checkpoint_sha256')})"
     return SAME_ADAPTER
 
 
@@ -329,6 +327,10 @@ def _skeleton(num_layers: int, modules: dict[str, list[int]]):
 def validate_adapter(uri: str, max_rank: int | None = None, base_model: str | None = None) -> ValidationReport:
     """Check a folder against the contract; every problem is reported, not just the first."""
     report = ValidationReport(uri)
+    for name in storage.list_dir(uri):
+        if name not in REQUIRED_FILES:
+            kind = "a temp file a killed write left behind" if storage.is_temp_name(name) else "not part of an adapter"
+            report.errors.append(f"unexpected file {name} ({kind})")
     files: dict[str, bytes] = {}
     for name in REQUIRED_FILES:
         try:

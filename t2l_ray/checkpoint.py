@@ -57,8 +57,28 @@ def read_checkpoint_config(uri: str) -> dict:
         config = json.loads(storage.read_bytes(storage.join(uri, CONFIG_FILE)))
     except FileNotFoundError:
         raise FileNotFoundError(f"{uri} is not a hypernet checkpoint: {CONFIG_FILE} is missing") from None
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{uri}: unknown checkpoint format {config.get('format')!r} (expected {FORMAT})")
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{uri}: {CONFIG_FILE} is not valid JSON ({error})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ValueError(f"{uri}: unknown checkpoint format {found!r} (expected {FORMAT})")
+    return config
+
+
+def _check_sha(uri: str, config: dict, sha: str) -> None:
+    if sha != config.get("weights_sha256"):
+        raise ValueError(f"{uri}: {WEIGHTS_FILE} does not match the sha256 recorded in {CONFIG_FILE} (corrupt or partial copy)")
+
+
+def verify_checkpoint(uri: str) -> dict:
+    """The checkpoint's config, once its weights' sha256 matches the recorded one (read in chunks, nothing
+    built): drivers call this before starting workers, so a damaged copy fails at once with one line."""
+    config = read_checkpoint_config(uri)
+    try:
+        sha = storage.sha256(storage.join(uri, WEIGHTS_FILE))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} is not a complete hypernet checkpoint: {WEIGHTS_FILE} is missing") from None
+    _check_sha(uri, config, sha)
     return config
 
 
@@ -71,8 +91,7 @@ def load_checkpoint(uri: str, device: str = "cpu") -> HypernetCheckpoint:
     config = read_checkpoint_config(uri)
     weights = storage.read_bytes(storage.join(uri, WEIGHTS_FILE))
     sha = hashlib.sha256(weights).hexdigest()
-    if sha != config["weights_sha256"]:
-        raise ValueError(f"{uri}: {WEIGHTS_FILE} does not match the sha256 recorded in {CONFIG_FILE} (corrupt or partial copy)")
+    _check_sha(uri, config, sha)
     model = build_from_config(config)
     model.load_state_dict(load_safetensors(weights))
     return HypernetCheckpoint(model.to(device).eval(), config["encoder"], sha, uri)

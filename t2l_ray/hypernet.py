@@ -143,6 +143,13 @@ class TextToLoRA(nn.Module):
             nn.init.kaiming_uniform_(self.a_bias[name], a=math.sqrt(5))
             nn.init.zeros_(self.b_bias[name])
 
+    def heads_to(self, dtype: torch.dtype) -> None:
+        """Cast the heads and their biases (nearly all parameters and FLOPs) for generation in `dtype`; the
+        trunk stays as it is, and `forward` casts its features to the heads' dtype."""
+        self.heads.to(dtype)
+        self.a_bias.to(dtype)
+        self.b_bias.to(dtype)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -180,7 +187,8 @@ class TextToLoRA(nn.Module):
 
         out: LoraWeights = {}
         for index, m in enumerate(self.modules_):
-            head, feats = self.heads[m.name], features[:, :, index]
+            head = self.heads[m.name]
+            feats = features[:, :, index].to(head.weight.dtype)
             n, layers = feats.shape[:2]
             if cfg.variant == "L":
                 flat = head(feats)  # [N, Ly, r*(in+out)]

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import os
 import re
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")  # a temp sibling of `write_bytes`
+_HASH_CHUNK = 8 << 20
+
+Data = bytes | bytearray | memoryview
+"""Bytes, or any object with the buffer protocol (a numpy slice, a memoryview): written without a copy."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -123,24 +129,37 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+def _parts(data: Data | Sequence[Data]) -> tuple[Data, ...]:
+    """One buffer or several, as a tuple of buffers (a safetensors header and a slice of a batch buffer)."""
+    if isinstance(data, (bytes, bytearray, memoryview)) or hasattr(data, "__array_interface__"):
+        return (data,)
+    if not isinstance(data, Sequence):
+        raise TypeError(f"expected bytes or a sequence of buffers, not {type(data).__name__}")
+    return tuple(data)
+
+
+def write_bytes(uri: str, data: Data | Sequence[Data]) -> None:
     """Write one file atomically: readers see the old content or the new, never a partial file.
 
-    Object stores publish an object only when its upload completes. Locally the bytes go to a hidden
-    temp sibling (`.name.tmp-<uuid>`) that is fsynced and renamed over the target, so a killed process
-    leaves at most a stray temp file, never a half-written one under the real name.
+    `data` may be several buffers, written one after the other without joining them. Object stores
+    publish an object only when its upload completes. Locally the bytes go to a hidden temp sibling
+    (`.name.tmp-<uuid>`) that is fsynced and renamed over the target, so a killed process leaves at most a
+    stray temp file, never a half-written one under the real name (`write_folder` removes such strays).
     """
+    parts = _parts(data)
     fs, path = resolve(uri)
     if _is_object_store(fs):
         with fs.open_output_stream(path) as stream:
-            stream.write(data)
+            for part in parts:
+                stream.write(part)
         return
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -154,21 +173,73 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
-def write_folder(uri: str, files: Mapping[str, bytes], commit_file: str) -> None:
+def write_folder(uri: str, files: Mapping[str, Data | Sequence[Data]], commit_file: str) -> None:
     """Write a folder of files so that the presence of `commit_file` means the folder is complete.
 
-    Contract: any old `commit_file` is deleted first, every other file is written next, and
-    `commit_file` is written last (each write atomic). A reader that only trusts folders holding
-    `commit_file` therefore never sees a half-written or half-replaced folder, even if the writer
-    dies midway. Adapter folders are committed this way with `adapter_config.json` as the commit file.
+    Contract: any old `commit_file` is deleted first, then the temp files a killed writer left behind in the
+    folder, every other file is written next, and `commit_file` is written last (each write atomic).
+    A reader that only trusts folders holding `commit_file` therefore never sees a half-written or
+    half-replaced folder, even if the writer dies midway, and a folder completed by a later write holds no
+    strays. Adapter folders are committed this way with `adapter_config.json` as the commit file.
     """
     if commit_file not in files:
         raise ValueError(f"commit file {commit_file!r} is not among the files to write to {uri!r}")
     delete(join(uri, commit_file))
+    remove_stray_temp_files(uri)
     for name, data in files.items():
         if name != commit_file:
             write_bytes(join(uri, name), data)
     write_bytes(join(uri, commit_file), files[commit_file])
+
+
+def remove_stray_temp_files(uri: str) -> list[str]:
+    """Delete the temp files (`.NAME.tmp-<uuid>`) a killed `write_bytes` left in a local folder; returns their
+    names. Object stores have none: an upload is published whole or not at all."""
+    fs, _ = resolve(uri)
+    if _is_object_store(fs):
+        return []
+    stray = [n for n in list_dir(uri) if _TEMP_NAME.match(n)]
+    for name in stray:
+        delete(join(uri, name))
+    return stray
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` looks like a temp file of `write_bytes`."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def sha256(uri: str) -> str:
+    """The sha256 of a file, read in chunks (a checkpoint's weights need not fit in memory twice)."""
+    fs, path = resolve(uri)
+    digest = hashlib.sha256()
+    try:
+        with fs.open_input_stream(path) as stream:
+            while chunk := stream.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(errno.ENOENT, "No such file or object", uri) from e
+    return digest.hexdigest()
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (in this process's working directory); URIs unchanged. Paths cross to Ray
+    tasks only in this form: a task's working directory is not the driver's."""
+    return uri if _split(uri)[0] is not None else os.path.abspath(uri)
+
+
+def check_writable_folder(uri: str) -> None:
+    """Make sure `uri` is, or can become, a folder this process can write to: a probe file is written in it
+    and deleted. Raises ValueError naming `uri` and the reason (a regular file, no permission, no bucket)."""
+    if _info(uri).type == pafs.FileType.File:
+        raise ValueError(f"{uri} is a file, not a folder")
+    probe = join(uri, f".write-check-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"")
+        delete(probe)
+    except OSError as error:  # pyarrow raises OSError for store errors too
+        reason = error.strerror or str(error)
+        raise ValueError(f"{uri} is not a writable folder: {reason}") from None
 
 
 def list_dir(uri: str) -> list[str]:

@@ -63,15 +63,27 @@ def test_written_files_follow_the_contract(good_adapter):
     assert meta["description"] == "reverse the words" and meta["folded_scale"] == pytest.approx(16 / 8**0.5)
 
 
-def test_scale_is_folded_into_b():
+def test_scale_is_folded_into_b(tmp_path):
     a = torch.randn(1, 1, 8, 4)
     b = torch.randn(1, 1, 3, 8)
     from t2l_ray.shapes import BaseShapes, ModuleShape
 
     shapes = BaseShapes("x", "llama", 1, (ModuleShape("q_proj", 4, 3),))
-    tensors = adapters.adapter_tensors({"q_proj": (a, b)}, 0, shapes, scale=2.5, dtype=torch.float32)
+    files = adapters.render_adapter({"q_proj": (a, b)}, 0, shapes=shapes, rank=8, scale=2.5, description="d",
+                                    checkpoint_sha256="0" * 64, encoder="test", dtype="float32")
+    adapters.write_adapter(str(tmp_path / "a"), files)
+    tensors = load_file(tmp_path / "a" / adapters.WEIGHTS_FILE)
     torch.testing.assert_close(tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"], b[0, 0] * 2.5)
     torch.testing.assert_close(tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"], a[0, 0])
+
+
+def test_unexpected_files_are_flagged(good_adapter):
+    (good_adapter / f".{adapters.META_FILE}.tmp-{'ab' * 16}").write_text("{half")
+    (good_adapter / "notes.txt").write_text("x")
+    result = validate(good_adapter)
+    assert result.exit_code == 1
+    assert "unexpected file .t2l_meta.json.tmp-" in result.output and "a temp file a killed write left" in result.output
+    assert "unexpected file notes.txt (not part of an adapter)" in result.output
 
 
 def rewrite_weights(folder, change):

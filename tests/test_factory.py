@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,8 +17,8 @@ from typer.testing import CliRunner
 
 from t2l_ray import adapters, checkpoint, manifest, storage
 from t2l_ray.cli import app
-from t2l_ray.factory import FactoryConfig, input_files, parse_line, plan_run
-from t2l_ray.generator import Generator, render_embeddings
+from t2l_ray.factory import FactoryConfig, input_files, parse_line, plan_run, run_factory, runs_in_process, steady_rate
+from t2l_ray.generator import Generator
 from t2l_ray.request_rule import content_id
 
 runner = CliRunner()
@@ -107,6 +108,16 @@ def batch_generate(*args: str):
     return runner.invoke(app, ["batch-generate", *args])
 
 
+def assert_no_stray_files(out: Path) -> None:
+    """Every adapter folder holds exactly the contract's files; the manifest folder only run files."""
+    for folder in out.iterdir():
+        names = {p.name for p in folder.iterdir()}
+        if folder.name == manifest.MANIFEST_DIR:
+            assert all(re.fullmatch(r"run-.*-\d{4}\.jsonl", n) for n in names), names
+        else:
+            assert names == set(adapters.REQUIRED_FILES), (folder.name, names)
+
+
 # ------------------------------------------------------------------------------------------------ no Ray
 
 
@@ -158,13 +169,13 @@ def test_line_numbers_run_over_files_and_blank_lines(tmp_path, tiny_ckpt):
     assert bad["line"] == 5 and bad["error"].startswith(f"{tmp_path / 'in' / '2.jsonl'}:2: invalid JSON")
 
 
-def test_plan_repeats_disk_state_and_fail_fast(tmp_path, tiny_ckpt):
+def test_plan_repeats_disk_state_and_fail_fast(tmp_path, tiny_ckpt, minilm):
     """Repeats share an adapter; what is on disk is skipped or, when it is another adapter, a failed line."""
     ckpt_uri, sha = tiny_ckpt
     out = str(tmp_path / "out")
-    loaded = checkpoint.load_checkpoint(ckpt_uri)
+    generator = Generator(checkpoint.load_checkpoint(ckpt_uri), encoder=minilm)
     texts = ["Translate to French.", "Write a haiku.", "Count the vowels."]
-    made = render_embeddings(loaded, torch.randn(3, 384), texts, ["fr", "haiku", "vowels"])
+    made = generator.render_embeddings(torch.randn(3, 384), texts, ["fr", "haiku", "vowels"])
     for adapter_id, files in zip(["fr", "haiku", "vowels"], made):
         adapters.write_adapter(storage.join(out, adapter_id), files)
     storage.delete(storage.join(out, "vowels", adapters.CONFIG_FILE))  # a half-written folder: made again
@@ -203,11 +214,11 @@ def test_fail_fast_cli_stops_at_the_first_bad_line(tmp_path, tiny_ckpt):
 
 
 def test_render_embeddings_is_the_generators_path(tiny_ckpt, minilm):
-    """The factory embeds and renders in separate actors; the bytes are the same as `Generator.render`'s."""
-    loaded = checkpoint.load_checkpoint(tiny_ckpt[0])
+    """Embedding first and rendering after gives the bytes of `Generator.render`, metadata added."""
+    generator = Generator(checkpoint.load_checkpoint(tiny_ckpt[0]), encoder=minilm)
     texts, ids = ["Sort the words.", "Add the numbers."], ["sort", "add"]
-    whole = Generator(loaded, encoder=minilm).render(texts, ids)
-    split = render_embeddings(loaded, minilm.encode(texts), texts, ids, extra_meta=[None, {"metadata": {"k": 1}}])
+    whole = generator.render(texts, ids)
+    split = generator.render_embeddings(minilm.encode(texts), texts, ids, extra_meta=[None, {"metadata": {"k": 1}}])
     assert [f.files[adapters.WEIGHTS_FILE] for f in whole] == [f.files[adapters.WEIGHTS_FILE] for f in split]
     assert json.loads(split[1].files[adapters.META_FILE])["metadata"] == {"k": 1}
 
@@ -243,6 +254,124 @@ def test_bad_config_and_checkpoint_exit_2(tmp_path, tiny_ckpt):
                             "--set", "resources.gen_gpu=0")
     assert result.exit_code == 2 and "resources must map resource names to amounts > 0" in result.output
     assert not list(tmp_path.glob("_manifest*"))  # refused before anything was recorded
+
+
+def flip_one_byte(ckpt: str) -> None:
+    path = Path(ckpt) / checkpoint.WEIGHTS_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Bad input must be refused on the driver before any stage is built or Ray is started."""
+    import t2l_ray.factory.run as run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr(run, "ensure_ray", refuse)
+    monkeypatch.setattr(run, "in_process_stages", refuse)
+
+
+def one_line_error(result, phrase: str) -> str:
+    """Exit 2 and exactly one line, `error: ...` containing `phrase` (no traceback, no summary)."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith("error: ") and phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def test_bad_inputs_fail_on_the_driver_in_one_line(tmp_path, tiny_ckpt, no_work):
+    good = tmp_path / "in.jsonl"
+    good.write_text('{"description": "Sort the words."}\n')
+    ckpt = tiny_ckpt[0]
+
+    taken = tmp_path / "taken.txt"
+    taken.write_text("someone's notes")
+    line = one_line_error(batch_generate(str(good), "--checkpoint", ckpt, "--out", str(taken)), "is a file, not a folder")
+    assert str(taken) in line and taken.read_text() == "someone's notes"
+    one_line_error(batch_generate(str(good), "--checkpoint", ckpt, "--out", str(taken / "below")), "not a writable folder")
+
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n\r\n")):
+        (tmp_path / name).write_text(text)
+        line = one_line_error(batch_generate(str(tmp_path / name), "--checkpoint", ckpt, "--out", str(tmp_path / "out")),
+                              "no descriptions")
+        assert str(tmp_path / name) in line
+
+    damaged = tmp_path / "damaged"
+    make_checkpoint(str(damaged))
+    flip_one_byte(str(damaged))
+    line = one_line_error(batch_generate(str(good), "--checkpoint", str(damaged), "--out", str(tmp_path / "out")),
+                          "does not match the sha256 recorded in hypernet.json")
+    assert str(damaged) in line
+    assert not (tmp_path / "out").exists()  # nothing was created for any of them
+
+
+def test_damaged_checkpoint_fails_generate_and_serve_in_one_line(tmp_path):
+    damaged = str(tmp_path / "damaged")
+    make_checkpoint(damaged)
+    flip_one_byte(damaged)
+    one_line_error(runner.invoke(app, ["generate", "--checkpoint", damaged, "--description", "Sort words.",
+                                       "--out", str(tmp_path / "out")]), "does not match the sha256")
+    one_line_error(runner.invoke(app, ["serve", "--checkpoint", damaged, "--out", str(tmp_path / "out")]),
+                   "does not match the sha256")
+    assert not (tmp_path / "out").exists()
+
+
+def test_damaged_checkpoint_from_a_real_process_prints_no_traceback(tmp_path, tiny_ckpt):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"description": f"Task {i}."}) + "\n" for i in range(100)))
+    damaged = str(tmp_path / "damaged")
+    make_checkpoint(damaged)
+    flip_one_byte(damaged)
+    # 100 lines with in_process_max=0: a run that would start Ray must refuse before it does.
+    proc = subprocess.run([sys.executable, "-m", "t2l_ray", "batch-generate", str(source), "--checkpoint", damaged,
+                           "--out", str(tmp_path / "out"), "--set", "in_process_max=0"],
+                          capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""}, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {damaged}: hypernet.safetensors does not match")
+
+
+def test_small_jobs_run_in_process_unless_ray_is_named(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert runs_in_process(FactoryConfig(), 64) and not runs_in_process(FactoryConfig(), 65)
+    assert not runs_in_process(FactoryConfig(in_process_max=0), 1)
+    assert runs_in_process(FactoryConfig(local=True, in_process_max=0), 10_000)
+    assert not runs_in_process(FactoryConfig(resources={"gen_gpu": 1}), 1)  # placement only Ray can do
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert not runs_in_process(FactoryConfig(), 1)
+    with pytest.raises(ValueError, match="RAY_ADDRESS names a cluster"):
+        runs_in_process(FactoryConfig(local=True), 1)
+
+
+def test_steady_rate_leaves_out_the_first_batch():
+    # Batch 2: the first batch lands at 10 s (start-up), then one adapter every 0.5 s.
+    arrivals = [10.0, 10.0, 10.5, 11.0, 11.5, 12.0]
+    assert steady_rate(arrivals, 2) == pytest.approx(4 / 2.0)
+    assert steady_rate(arrivals[:5], 2) is None  # fewer than three batches: no steady rate
+
+
+def test_summary_shows_the_wall_and_the_steady_rate(tmp_path, tiny_ckpt):
+    source, out = tmp_path / "in.jsonl", tmp_path / "relative-out"
+    source.write_text("".join(json.dumps({"description": f"Task {i}."}) + "\n" for i in range(6)))
+    result = batch_generate(str(source), "--checkpoint", tiny_ckpt[0], "--out", str(out), "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert "(in this process)" in result.output and "written             6" in result.output
+    assert re.search(r"wall rate +[\d.]+ adapters/s, [\d.]+ MB/s: 6 written in [\d.]+ s since the command started",
+                     result.output), result.output
+    assert re.search(r"steady rate +[\d.]+ adapters/s after the first batch", result.output), result.output
+
+
+def test_manifest_and_messages_name_out_as_given(tmp_path, tiny_ckpt, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("in.jsonl").write_text('{"description": "Sort the words.", "id": "sort"}\n')
+    result = batch_generate("in.jsonl", "--checkpoint", tiny_ckpt[0], "--out", "adapters")
+    assert result.exit_code == 0 and "-> adapters (in this process)" in result.output, result.output
+    (row,) = manifest.read_rows("adapters")
+    assert row["uri"] == "adapters/sort" and str(tmp_path) not in result.output
 
 
 # ------------------------------------------------------------------------------------------------ on Ray
@@ -330,8 +459,67 @@ def test_killed_run_is_completed_by_a_rerun(tmp_path, tiny_ckpt, cluster):
     result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out))
     assert result.exit_code == 0, result.output
     assert folders(out) == every and all(adapters.is_complete(str(out / i)) for i in every)
+    assert_no_stray_files(out)
     check_manifest(str(out), ids, {}, source)
     rerun = [json.loads(t) for t in storage.read_text(manifest.manifest_files(str(out))[-1]).splitlines()]
     assert sorted(row["line"] for row in rerun) == list(range(1, GOOD + 1))
     assert {row["id"] for row in rerun if row["status"] == "written"}.isdisjoint(complete)
     assert {row["id"] for row in rerun} == every
+
+
+@pytest.mark.slow
+def test_in_process_and_ray_write_the_same_files(tmp_path, tiny_ckpt, cluster):
+    ckpt_uri, _ = tiny_ckpt
+    source = tmp_path / "in.jsonl"
+    lines = [{"description": f"Task {i}: sort the words of a sentence by length, then by position {i}."} for i in range(5)]
+    lines[1]["id"], lines[3]["metadata"] = "with-id", {"team": "search"}
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    here = run_factory(str(source), ckpt_uri, str(tmp_path / "here"), FactoryConfig(batch_size=2, local=True))
+    on_ray = run_factory(str(source), ckpt_uri, str(tmp_path / "ray"), FactoryConfig(batch_size=2, in_process_max=0))
+    assert (here.where, on_ray.where, here.written, on_ray.written) == ("this process", "Ray", 5, 5)
+    rows = {name: {row["id"]: row for row in manifest.read_rows(str(tmp_path / name))} for name in ("here", "ray")}
+    assert {i: r["sha256"] for i, r in rows["here"].items()} == {i: r["sha256"] for i, r in rows["ray"].items()}
+    for adapter_id in rows["here"]:
+        a, b = tmp_path / "here" / adapter_id, tmp_path / "ray" / adapter_id
+        for name in (adapters.WEIGHTS_FILE, adapters.CONFIG_FILE):
+            assert (a / name).read_bytes() == (b / name).read_bytes(), (adapter_id, name)
+        meta_a, meta_b = (json.loads((f / adapters.META_FILE).read_text()) for f in (a, b))
+        assert meta_a.pop("created_at") and meta_b.pop("created_at") and meta_a == meta_b
+
+
+@pytest.mark.slow
+def test_killed_in_process_run_leaves_no_stray_files(tmp_path, tiny_ckpt):
+    """SIGKILL a real run mid-way; the rerun completes every folder and no temp file survives in any."""
+    ckpt_uri, sha = tiny_ckpt
+    out, source = tmp_path / "adapters", str(tmp_path / "in.jsonl")
+    ids, _ = write_input(source, sha, with_bad=False)
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "t2l_ray", "batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out),
+             "--batch-size", "2", "--local"],
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not out.is_dir() or sum(adapters.is_complete(str(p)) for p in out.iterdir()) < 6:
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no adapters after 180 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    complete = {p.name for p in out.iterdir() if adapters.is_complete(str(p))}
+    assert 0 < len(complete) < GOOD
+    # What a kill between a temp file's write and its rename leaves, in a folder not committed yet (the
+    # kill above may or may not have landed there): the rerun must not complete the folder around it.
+    pending = sorted(set(ids.values()) - complete)[0]
+    (out / pending).mkdir(exist_ok=True)
+    (out / pending / f".{adapters.META_FILE}.tmp-{'0' * 32}").write_text("{half")
+
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out), "--local")
+    assert result.exit_code == 0, result.output
+    assert folders(out) == set(ids.values())
+    assert_no_stray_files(out)
+    check_manifest(str(out), ids, {}, source)
+    assert adapters.validate_adapter(str(out / pending)).ok

@@ -278,6 +278,34 @@ def test_write_folder_refuses_escaping_names(root):
     assert not storage.exists(storage.join(root, "evil"))
 
 
+def test_write_from_several_buffers_without_joining(root):
+    import numpy as np
+
+    rows = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    uri = storage.join(root, "a", "weights.bin")
+    storage.write_bytes(uri, (b"head", rows[1], memoryview(b"tail")))  # a row of a batch buffer, as is
+    assert storage.read_bytes(uri) == b"head" + bytes([4, 5, 6, 7]) + b"tail"
+    assert storage.sha256(uri) == __import__("hashlib").sha256(storage.read_bytes(uri)).hexdigest()
+
+
+def test_check_writable_folder(root):
+    target = storage.join(root, "new", "out")
+    storage.check_writable_folder(target)
+    assert [n for n in storage.list_dir(target) if n.startswith(".write-check")] == []  # the probe is gone
+    blocker = storage.join(root, "taken")
+    storage.write_bytes(blocker, b"keep me")
+    with pytest.raises(ValueError, match=re.escape(f"{blocker} is a file, not a folder")):
+        storage.check_writable_folder(blocker)
+    assert storage.read_bytes(blocker) == b"keep me"
+
+
+def test_absolute_resolves_local_paths_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("out/x") == str(tmp_path / "out" / "x")
+    assert storage.absolute("/abs") == "/abs"
+    assert storage.absolute("s3://b/rel") == "s3://b/rel" and storage.absolute("file:///d") == "file:///d"
+
+
 # --- local atomicity --------------------------------------------------------------------------
 
 
@@ -296,6 +324,23 @@ def test_failed_local_write_keeps_old_content_and_no_temp_file(tmp_path):
         storage.write_bytes(str(target), object())  # fails after the temp file was opened
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def test_write_folder_removes_what_a_killed_write_left(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    for name in (f".adapter_model.safetensors.tmp-{'a' * 32}", f".adapter_config.json.tmp-{'b' * 32}"):
+        (folder / name).write_bytes(b"half")
+    (folder / ".hidden.tmp-not-ours").write_bytes(b"someone else's")
+    storage.write_folder(str(folder), _FILES, commit_file="adapter_config.json")
+    assert sorted(os.listdir(folder)) == sorted([".hidden.tmp-not-ours", "README.md", "adapter_config.json",
+                                                 "adapter_model.safetensors", "extra"])
+
+
+def test_write_bytes_under_a_file_names_the_reason(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="not a writable folder: Not a directory"):
+        storage.check_writable_folder(str(tmp_path / "f" / "below"))
 
 
 # --- S3 only ----------------------------------------------------------------------------------

@@ -12,18 +12,24 @@ from t2l_ray.cli.core import fail, load_checked, local
 _SHOWN_FAILURES = 20
 
 
-def _overrides(batch_size, concurrency, max_chars, dtype, fail_fast) -> list[str]:
+def _overrides(batch_size, concurrency, max_chars, dtype, fail_fast, in_process) -> list[str]:
     """Flags given on the command line, as `--set` overrides (they win over the config file)."""
     given = {"batch_size": batch_size, "concurrency": concurrency, "max_chars": max_chars, "dtype": dtype,
-             "fail_fast": True if fail_fast else None}
+             "fail_fast": True if fail_fast else None, "local": True if in_process else None}
     return [f"{key}={value}" for key, value in given.items() if value is not None]
 
 
 def _print_summary(summary, out: str) -> None:
-    echo(f"batch-generate: {summary.lines} lines -> {out}")
-    for label, value in (("written", summary.written), ("skipped", summary.skipped), ("failed", summary.failed),
-                         ("adapters/s", f"{summary.adapters_per_s:.1f}"), ("MB/s", f"{summary.mb_per_s:.2f}")):
+    where = f" (in {summary.where})" if summary.where else ""
+    echo(f"batch-generate: {summary.lines} lines -> {out}{where}")
+    for label, value in (("written", summary.written), ("skipped", summary.skipped), ("failed", summary.failed)):
         echo(f"  {label:<11}{value:>10}")
+    echo(f"  wall rate  {summary.wall_rate:>10.1f} adapters/s, {summary.wall_mb_per_s:.1f} MB/s: {summary.written} "
+         f"written in {summary.wall_seconds:.1f} s since the command started"
+         f"{', Ray start-up included' if summary.where == 'Ray' else ''}")
+    steady = summary.steady_rate
+    echo(f"  steady rate{steady:>10.1f} adapters/s after the first batch" if steady is not None else
+         f"  steady rate{'n/a':>10} (needs 3 batches of {summary.batch_size} written)")
     for uri in summary.manifest:
         echo(f"  manifest   {uri}")
     if summary.stopped_at is not None:
@@ -32,6 +38,13 @@ def _print_summary(summary, out: str) -> None:
         echo(f"failed line {row['line']}: {row['error']}", err=True)
     if len(summary.failures) > _SHOWN_FAILURES:
         echo(f"... and {len(summary.failures) - _SHOWN_FAILURES} more failed lines (see the manifest)", err=True)
+
+
+def _command_start() -> float:
+    """When this process started (time.time() scale): the wall rate counts the imports and Ray's start-up too."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def batch_generate(
@@ -46,18 +59,21 @@ def batch_generate(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first bad line; nothing after it is written."),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Longest description accepted (default 4000)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default bfloat16)."),
+    in_process: bool = typer.Option(False, "--local", help="Run every stage in this process, without Ray (jobs of at "
+                                    "most in_process_max adapters, 64, always do unless RAY_ADDRESS is set)."),
     config_path: Optional[str] = typer.Option(None, "--config", help="YAML file of factory settings (e.g. num_gpus)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set num_gpus=1."),
     verbose: bool = VerboseOption,
 ):
-    """Generate one adapter per line of a JSONL file on Ray; exit 1 when any line failed.
+    """Generate one adapter per line of a JSONL file (on Ray, or here for small jobs); exit 1 when any line failed.
 
     Ray's logs go to OUT/_logs/t2l-ray.log (named in the summary)."""
+    started = _command_start()
     from t2l_ray import storage
     from t2l_ray.factory import FactoryConfig, run_factory
 
     config = load_checked(FactoryConfig, config_path,
-                          [*overrides, *_overrides(batch_size, concurrency, max_chars, dtype, fail_fast)])
+                          [*overrides, *_overrides(batch_size, concurrency, max_chars, dtype, fail_fast, in_process)])
     with capture(storage.join(out, "_logs"), verbose) as console:
         bar = console.progress("batch-generate", "line")
 
@@ -66,7 +82,7 @@ def batch_generate(
 
         try:
             summary = run_factory(input_spec, checkpoint, out, config, on_plan=lambda plan: bar.reset(plan.total),
-                                  on_row=on_row)
+                                  on_row=on_row, started_at=started)
         except (FileNotFoundError, ValueError) as error:
             fail(str(error))
         finally:

@@ -38,14 +38,14 @@ def serve_command(
     Serve's logs (one line per request among them) go to OUT/_logs/t2l-ray.log.
     """
     from t2l_ray import storage
-    from t2l_ray.checkpoint import read_checkpoint_config
+    from t2l_ray.checkpoint import verify_checkpoint
     from t2l_ray.serve import ServeConfig, build_app
     from t2l_ray.serve.app import check_base_fits
 
     config = load_checked(ServeConfig, config_path, overrides)
     config.base_model = base_model or config.base_model
     try:
-        read_checkpoint_config(checkpoint)
+        verify_checkpoint(checkpoint)  # a damaged copy fails here in one line, not in every replica
         storage.resolve(out)
         if config.base_model:
             check_base_fits(checkpoint, config.base_model)
