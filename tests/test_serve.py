@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -208,7 +209,8 @@ def served(s3_server, ray_cluster, tmp_path_factory):
               "batch_wait_timeout_s": 0.05, **LIMITS}
     aws = {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
            "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server.endpoint}
-    local_app = build_app({**common, "out": str(out), "env_vars": {"T2L_API_TOKEN": TOKEN}})
+    # --out as an operator types it, relative: the replicas write under its absolute form and answer with this one.
+    local_app = build_app({**common, "out": os.path.relpath(out), "env_vars": {"T2L_API_TOKEN": TOKEN}})
     s3_app = build_app({**common, "out": s3_server.uri("serve"), "env_vars": aws})
     try:
         serve.run_many([serve.RunTarget(local_app, name="t2l-test", route_prefix="/"),
@@ -244,7 +246,7 @@ def test_single_adapter_written_and_described(served):
     assert result["id"] == "sentiment" and result["status"] == "written" and result["batch_size"] >= 1
     assert body["checkpoint_sha256"] == served.ckpt_sha
     folder = served.out / "sentiment"
-    assert result["uri"] == str(folder)
+    assert result["uri"] == os.path.join(os.path.relpath(served.out), "sentiment")  # never the server's own path
     weights = (folder / adapters.WEIGHTS_FILE).read_bytes()
     assert result["sha256"] == hashlib.sha256(weights).hexdigest() and result["weights_bytes"] == len(weights)
     report = adapters.validate_adapter(str(folder))
@@ -259,7 +261,9 @@ def test_single_adapter_written_and_described(served):
     again = served.post({"description": text, "id": "sentiment"})
     assert again.status_code == 200 and again.json()["adapters"][0]["status"] == "exists"
     assert_error(served.post({"description": "Something else entirely.", "id": "sentiment"}), 409, "different description")
-    assert_error(served.get("/v1/adapters/nothing-here"), 404, "no adapter")
+    missing = served.get("/v1/adapters/nothing-here")
+    assert_error(missing, 404, "no adapter 'nothing-here'")
+    assert str(served.out.parent) not in missing.text and info.json()["uri"] == result["uri"]
     assert_error(served.get("/v1/adapters/Bad_ID"), 400, "invalid adapter id")
 
 

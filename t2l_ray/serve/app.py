@@ -29,8 +29,10 @@ def build_app(args: dict) -> serve.Application:
     missing = [key for key in ("checkpoint", "out") if not args.get(key)]
     if missing:
         raise ConfigError(f"build_app needs args {missing}: serve run t2l_ray.serve:build_app checkpoint=URI out=URI")
-    # replicas run in other folders: local paths cross to them absolute (t2l_ray/config.py: local_path)
-    checkpoint, out = local_path(str(args.pop("checkpoint"))), local_path(str(args.pop("out")))
+    # replicas run in other folders: local paths cross to them absolute (t2l_ray/config.py: local_path); answers
+    # name folders by `out` as given
+    checkpoint, shown_out = local_path(str(args.pop("checkpoint"))), str(args.pop("out"))
+    out = local_path(shown_out)
     storage.resolve(out)  # an unsupported scheme fails here, not in every replica
     token = args.pop("api_token", None) or os.environ.get(TOKEN_ENV) or None
     config = resolve_paths(config_from_args(args.pop("config", None), args))
@@ -41,7 +43,7 @@ def build_app(args: dict) -> serve.Application:
         check_base_fits(checkpoint, config.base_model)
         chat = ChatModel.options(**config.chat_deployment_options()).bind(config.base_model, out, to_dict(config))
     return AdapterService.options(**config.deployment_options()).bind(
-        checkpoint, out, to_dict(config), token_digest(str(token)) if token else None, chat
+        checkpoint, out, to_dict(config), token_digest(str(token)) if token else None, chat, shown_out
     )
 
 

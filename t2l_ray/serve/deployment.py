@@ -54,8 +54,10 @@ def replica_device() -> str:
 class AdapterService:
     """One replica: the checkpoint's hypernet and encoder, a batching queue, the store at `out`."""
 
-    def __init__(self, checkpoint: str, out: str, config: dict, token_sha256: str | None = None, chat=None):
-        """`chat`: the ChatModel deployment's handle when the app serves a base model (the chat routes), else None."""
+    def __init__(self, checkpoint: str, out: str, config: dict, token_sha256: str | None = None, chat=None,
+                 shown_out: str | None = None):
+        """`chat`: the ChatModel deployment's handle when the app serves a base model (the chat routes), else None.
+        `shown_out`: `out` as the operator gave it, which responses use to name folders (default `out`)."""
         from transformers.utils import logging as hf_logging
 
         from t2l_ray.checkpoint import load_checkpoint
@@ -65,6 +67,7 @@ class AdapterService:
         hf_logging.disable_progress_bar()
         self.config = from_dict(ServeConfig, config, "ServeConfig")
         self.checkpoint_uri, self.out = checkpoint, out
+        self.shown_out = shown_out or out  # responses name folders as the operator gave --out, never by server path
         self.device = replica_device()
         loaded = load_checkpoint(checkpoint, device=self.device)
         self.generator = Generator(loaded, encoder=load_encoder(loaded.encoder, device=self.device), dtype=self.config.dtype)
@@ -136,9 +139,12 @@ class AdapterService:
             return CreateAdaptersResponse(adapters=[results[j.adapter_id] for j in jobs], checkpoint_sha256=sha)
 
         folders = {job.adapter_id: storage.join(self.out, job.adapter_id) for job in unique}
+        shown = {job.adapter_id: storage.join(self.shown_out, job.adapter_id) for job in unique}
         async with self._locks.hold(list(folders)):
             states = await asyncio.gather(*(
-                asyncio.to_thread(adapters.existing_adapter, folders[job.adapter_id], job.description, sha) for job in unique
+                asyncio.to_thread(adapters.existing_adapter, folders[job.adapter_id], job.description, sha,
+                                  shown[job.adapter_id])
+                for job in unique
             ))
             conflicts = [(job, state) for job, state in zip(unique, states) if state not in (None, adapters.SAME_ADAPTER)]
             if conflicts:
@@ -146,7 +152,7 @@ class AdapterService:
                 raise ApiError(409, f"conflict: {detail}")
             for job, state in zip(unique, states):
                 if state == adapters.SAME_ADAPTER:
-                    results[job.adapter_id] = AdapterResult(id=job.adapter_id, status="exists", uri=folders[job.adapter_id],
+                    results[job.adapter_id] = AdapterResult(id=job.adapter_id, status="exists", uri=shown[job.adapter_id],
                                                             description=job.description)
             todo = [job for job, state in zip(unique, states) if state is None]
             outcomes = await self._generate_all(todo)
@@ -160,9 +166,9 @@ class AdapterService:
         if failed:
             job, error = failed[0]
             raise ApiError(500, f"writing {len(failed)} of {len(todo)} adapter(s) failed; first: "
-                                f"{folders[job.adapter_id]}: {type(error).__name__}: {error}")
+                                f"{shown[job.adapter_id]}: {type(error).__name__}: {error}")
         for job in todo:
-            results[job.adapter_id] = self._result(job, "written", folders[job.adapter_id], outcomes[job.adapter_id])
+            results[job.adapter_id] = self._result(job, "written", shown[job.adapter_id], outcomes[job.adapter_id])
         return CreateAdaptersResponse(adapters=[results[j.adapter_id] for j in jobs], checkpoint_sha256=sha)
 
     @staticmethod
@@ -176,18 +182,18 @@ class AdapterService:
             check_adapter_id(adapter_id)
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-        folder = storage.join(self.out, adapter_id)
+        folder, shown = storage.join(self.out, adapter_id), storage.join(self.shown_out, adapter_id)
 
         def read() -> AdapterInfo:
             if not adapters.is_complete(folder):
-                raise ApiError(404, f"no adapter {adapter_id!r} at {folder} (missing or not complete yet)")
+                raise ApiError(404, f"no adapter {adapter_id!r} (missing or not complete yet)")
             try:
                 meta = json.loads(storage.read_bytes(storage.join(folder, adapters.META_FILE)))
                 config = json.loads(storage.read_bytes(storage.join(folder, adapters.CONFIG_FILE)))
             except (FileNotFoundError, json.JSONDecodeError) as error:
-                raise ApiError(500, f"{folder} is not a readable adapter: {error}") from None
+                raise ApiError(500, f"{shown} is not a readable adapter: {type(error).__name__}") from None
             keys = ("peft_type", "task_type", "base_model_name_or_path", "r", "lora_alpha", "use_rslora", "target_modules")
-            return AdapterInfo(id=adapter_id, uri=folder, meta=meta if isinstance(meta, dict) else {},
+            return AdapterInfo(id=adapter_id, uri=shown, meta=meta if isinstance(meta, dict) else {},
                                config={k: config.get(k) for k in keys} if isinstance(config, dict) else {})
 
         return await asyncio.to_thread(read)
@@ -198,7 +204,7 @@ class AdapterService:
         return ServiceInfo(
             checkpoint=self.checkpoint_uri, checkpoint_sha256=self.generator.checkpoint.sha256,
             encoder=self.generator.checkpoint.encoder, base_model=model.shapes.base_model, rank=model.config.rank,
-            target_modules=[m.name for m in model.shapes.modules], device=self.device, out=self.out,
+            target_modules=[m.name for m in model.shapes.modules], device=self.device, out=self.shown_out,
             limits={k: getattr(cfg, k) for k in RECONFIGURABLE},
             stats=dict(self.stats),
             chat={"base_model": cfg.base_model, "base_name": cfg.base_name, "replicas": cfg.chat_replicas,
