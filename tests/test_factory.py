@@ -377,6 +377,25 @@ def test_manifest_and_messages_name_out_as_given(tmp_path, tiny_ckpt, monkeypatc
 # ------------------------------------------------------------------------------------------------ on Ray
 
 
+def kill_midway(args: list[str], out: Path, log: Path, env: dict, **popen) -> set[str]:
+    """Run `t2l-ray ARGS` and SIGKILL it once 6 adapters are complete; the ids complete at that moment."""
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "t2l_ray", *args], env=env, stdout=sink,
+                                stderr=subprocess.STDOUT, **popen)
+    try:
+        deadline = time.monotonic() + 180
+        while not out.is_dir() or sum(adapters.is_complete(str(p)) for p in out.iterdir()) < 6:
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no adapters after 180 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the driver only: on Ray its actors die with it, the cluster stays
+        proc.wait(timeout=30)
+    complete = {p.name for p in out.iterdir() if adapters.is_complete(str(p))}
+    assert 0 < len(complete) < GOOD
+    return complete
+
+
 @pytest.mark.slow
 def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, cluster):
     ckpt_uri, sha = tiny_ckpt
@@ -437,24 +456,8 @@ def test_killed_run_is_completed_by_a_rerun(tmp_path, tiny_ckpt, cluster):
     ids, _ = write_input(source, sha, with_bad=False)
     every = set(ids.values())
     env = {**os.environ, "RAY_ADDRESS": cluster.get_runtime_context().gcs_address}
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "t2l_ray", "batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out),
-             "--batch-size", "2"],
-            env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while not out.is_dir() or sum(adapters.is_complete(str(p)) for p in out.iterdir()) < 6:
-            assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no adapters after 180 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)  # the driver only: its actors die with it, the cluster stays
-        proc.wait(timeout=30)
-    complete = {p.name for p in out.iterdir() if adapters.is_complete(str(p))}
-    assert 0 < len(complete) < GOOD
+    complete = kill_midway(["batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out), "--batch-size", "2"],
+                           out, tmp_path / "killed.log", env, start_new_session=True)
 
     result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -493,24 +496,9 @@ def test_killed_in_process_run_leaves_no_stray_files(tmp_path, tiny_ckpt):
     ckpt_uri, sha = tiny_ckpt
     out, source = tmp_path / "adapters", str(tmp_path / "in.jsonl")
     ids, _ = write_input(source, sha, with_bad=False)
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "t2l_ray", "batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out),
-             "--batch-size", "2", "--local"],
-            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, stdout=sink, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while not out.is_dir() or sum(adapters.is_complete(str(p)) for p in out.iterdir()) < 6:
-            assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no adapters after 180 s:\n{log.read_text()[-3000:]}"
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    complete = {p.name for p in out.iterdir() if adapters.is_complete(str(p))}
-    assert 0 < len(complete) < GOOD
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    complete = kill_midway(["batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out), "--batch-size", "2",
+                            "--local"], out, tmp_path / "killed.log", env)
     # What a kill between a temp file's write and its rename leaves, in a folder not committed yet (the
     # kill above may or may not have landed there): the rerun must not complete the folder around it.
     pending = sorted(set(ids.values()) - complete)[0]

@@ -374,7 +374,7 @@ def test_training_and_generation_run_on_both_nodes(cluster, trained, work):
     placed = [(a.class_name, a.node_id) for a in cluster.actors(job) if a.class_name.startswith("MapWorker")
               and a.node_id]
     stages = {name for name, _ in placed}
-    assert any("EmbedActor" in s for s in stages) and any("GenerateActor" in s for s in stages), placed
+    assert any("EmbedStage" in s for s in stages) and any("GenerateStage" in s for s in stages), placed
     assert {node for _, node in placed} == {worker}, (placed, worker)
 
 

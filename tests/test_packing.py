@@ -28,21 +28,28 @@ def reference_files(weights, shapes: BaseShapes, scale: float, dtype: torch.dtyp
     return files
 
 
-@pytest.mark.parametrize("variant", ["L", "M", "S"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_packed_rows_are_safetensors_files(variant, dtype):
+def tiny_hypernet(variant: str, std: float = 0.2) -> TextToLoRA:
+    """A T2L of `variant` on SHAPES (12-dim embeddings) whose heads are perturbed, so adapters differ."""
     torch.manual_seed(0)
     config = HypernetConfig(variant=variant, rank=4, latent=16, head_in=32, target_modules=["q_proj", "v_proj", "down_proj"])
     model = TextToLoRA(config, SHAPES, 12).eval()
     with torch.no_grad():
         for head in model.heads.values():
-            head.weight.normal_(0, 0.2)
+            head.weight.normal_(0, std)
+    return model
+
+
+@pytest.mark.parametrize("variant", ["L", "M", "S"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_packed_rows_are_safetensors_files(variant, dtype):
+    model = tiny_hypernet(variant)
+    with torch.no_grad():
         weights = model(torch.randn(3, 12))
     layout = AdapterLayout(model.modules_, SHAPES.num_layers, 4, dtype)
     rows = torch.empty(3, layout.numel, dtype=dtype)
-    pack(weights, layout, config.scale, rows)
+    pack(weights, layout, model.config.scale, rows)
     packed = packed_bytes(rows)
-    expected = reference_files(weights, SHAPES, config.scale, dtype)
+    expected = reference_files(weights, SHAPES, model.config.scale, dtype)
     assert [layout.header + packed[i].tobytes() for i in range(3)] == expected
     assert layout.file_bytes == len(expected[0])
     assert [entry.key for entry in layout.entries] == sorted(load(expected[0]))

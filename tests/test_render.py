@@ -6,22 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_packing import SHAPES, reference_files
+from test_packing import SHAPES, reference_files, tiny_hypernet
 
-from t2l_ray.hypernet import HypernetConfig, TextToLoRA
 from t2l_ray.render import HostBuffer, Renderer, cpu_has_bf16, forward_dtype
 
 CPU = torch.device("cpu")
 
 
-def model(variant: str = "L") -> TextToLoRA:
-    torch.manual_seed(1)
-    config = HypernetConfig(variant=variant, rank=4, latent=16, head_in=32, target_modules=["q_proj", "v_proj", "down_proj"])
-    hypernet = TextToLoRA(config, SHAPES, 12).eval()
-    with torch.no_grad():
-        for head in hypernet.heads.values():
-            head.weight.normal_(0, 0.05)
-    return hypernet
+def model(variant: str = "L"):
+    return tiny_hypernet(variant, std=0.05)
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not Path("/proc/cpuinfo").is_file(),
