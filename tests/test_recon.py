@@ -11,6 +11,7 @@ from safetensors.torch import save as save_safetensors
 from t2l_ray import adapters, storage
 from t2l_ray.config import load_config
 from t2l_ray.data.suite import build_suite
+from t2l_ray.packing import lora_key
 from t2l_ray.shapes import BaseShapes, ModuleShape
 from t2l_ray.train.config import TrainConfig
 from t2l_ray.data.library import LibraryError, load_targets, scan_library
@@ -38,8 +39,8 @@ def write_peft_folder(uri, weights, rank, alpha, rslora, meta=None):
     for name, (a, b) in weights.items():
         module = SHAPES.module(name)
         for layer in range(SHAPES.num_layers):
-            tensors[adapters.lora_key(layer, module, "A")] = a[0, layer].contiguous()
-            tensors[adapters.lora_key(layer, module, "B")] = b[0, layer].contiguous()
+            tensors[lora_key(layer, module, "A")] = a[0, layer].contiguous()
+            tensors[lora_key(layer, module, "B")] = b[0, layer].contiguous()
     config = {**adapters.adapter_config(SHAPES, rank, MODULES), "lora_alpha": alpha, "use_rslora": rslora}
     files = {adapters.WEIGHTS_FILE: save_safetensors(tensors), adapters.CONFIG_FILE: json.dumps(config).encode()}
     if meta is not None:
