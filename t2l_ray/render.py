@@ -4,13 +4,15 @@ The hypernet forward runs in bf16 where the device computes it natively (CUDA wi
 AVX512-BF16 or AMX-BF16) and the adapters are bf16 anyway, in fp32 otherwise (with TF32 matmuls on CUDA
 when the adapters are 16-bit). Only the heads, where nearly all the FLOPs are, change dtype; the small trunk
 stays fp32. The rsLoRA scale is folded into B and the cast to the adapter dtype done on the device, into
-one packed row per adapter (`packing.pack`); one copy per batch then moves the rows into a host buffer that
-is reused from batch to batch and page-locked on CUDA, so the copy is a single DMA. The host's half
-(hash, serialise, write) reads slices of that buffer.
+one packed row per adapter (`packing.pack`); one copy per forward chunk then moves the rows into a host
+buffer that holds the batch, is reused from batch to batch and is page-locked on CUDA, so each copy is a
+single DMA. The host's half (hash, serialise, write) reads slices of that buffer, starting on a chunk's
+rows while the next chunk is generated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -20,7 +22,7 @@ from t2l_ray.hypernet import TextToLoRA
 from t2l_ray.packing import DTYPES, AdapterLayout, pack, packed_bytes
 
 ForwardDtype = Literal["auto", "bfloat16", "float32"]
-FORWARD_CHUNK = 16  # embeddings per hypernet forward: bounds the activations (the heads' outputs) per batch
+FORWARD_CHUNK = 16  # embeddings per forward (and per host copy): bounds the activations, lets writes start early
 
 
 def cpu_has_bf16() -> bool:
@@ -50,33 +52,29 @@ def forward_dtype(device: torch.device, adapter_dtype: torch.dtype, requested: F
 
 
 class HostBuffer:
-    """Host memory for one batch of packed rows, reused from batch to batch (page-locked when `pin`).
-
-    `take` returns a view of it (growing it when a batch is larger than any before); `receive` copies a
-    batch from the device into it, or returns the batch as is when it already is that buffer (CPU)."""
+    """Host memory for one batch of packed rows, reused from batch to batch (page-locked when `pin`)."""
 
     def __init__(self, pin: bool):
         self.pin = pin
         self._memory: torch.Tensor | None = None
 
     def take(self, rows: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A `[rows, numel]` view of the buffer, grown when this batch is larger than any before."""
         needed = rows * numel * torch.empty(0, dtype=dtype).element_size()
         if self._memory is None or self._memory.numel() < needed:
             self._memory = torch.empty(needed, dtype=torch.uint8, pin_memory=self.pin)
         return self._memory[:needed].view(dtype).view(rows, numel)
 
-    def receive(self, batch: torch.Tensor) -> torch.Tensor:
-        if batch.device.type == "cpu" and self._memory is not None and batch.data_ptr() == self._memory.data_ptr():
-            return batch  # packed in place by the CPU: nothing to copy
-        host = self.take(*batch.shape, batch.dtype)
-        host.copy_(batch, non_blocking=self.pin)
-        if batch.device.type == "cuda":
-            torch.cuda.current_stream(batch.device).synchronize()  # the rows are read by host threads next
-        return host
+    def copy_in(self, rows: torch.Tensor, packed: torch.Tensor) -> None:
+        """Copy rows packed on the device into `rows` of this buffer: one DMA when pinned, then wait for it,
+        since host threads read the rows next."""
+        rows.copy_(packed, non_blocking=self.pin)
+        if packed.device.type == "cuda":
+            torch.cuda.current_stream(packed.device).synchronize()
 
 
 class Renderer:
-    """A hypernet made ready for generation on its device: `render(embeddings)` -> packed rows on the host.
+    """A hypernet made ready for generation on its device: embeddings -> packed rows in the host buffer.
 
     It takes the model over: in a bf16 forward the heads are cast to bf16 in place (the fp32 copy is not
     kept), so the model must not be trained or used for an fp32 forward afterwards."""
@@ -96,15 +94,25 @@ class Renderer:
         self.host = HostBuffer(pin=self.device.type == "cuda" and torch.cuda.is_available())
 
     @torch.inference_mode()
-    def render(self, embeddings: torch.Tensor) -> np.ndarray:
-        """`[N, layout.nbytes]` uint8: row i is the data of adapter i's weights file (after `layout.header`).
-        A view of the host buffer: valid until the next call."""
+    def chunks(self, embeddings: torch.Tensor) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, `[rows, layout.nbytes]` uint8) per forward of up to FORWARD_CHUNK embeddings, as soon as
+        those rows are in the host buffer: writers can start on them while the next chunk is generated. Row
+        i holds the data of adapter i's weights file (after `layout.header`); valid until the next batch."""
         n, numel = embeddings.shape[0], self.layout.numel
-        if self.device.type == "cpu":
-            batch = self.host.take(n, numel, self.dtype)  # the CPU packs straight into the host buffer
-        else:
-            batch = torch.empty(n, numel, dtype=self.dtype, device=self.device)
+        host = self.host.take(n, numel, self.dtype)
         for start in range(0, n, FORWARD_CHUNK):
+            rows = host[start:start + FORWARD_CHUNK]
             chunk = embeddings[start:start + FORWARD_CHUNK].to(self.device, torch.float32)
-            pack(self.model(chunk), self.layout, self.scale, batch[start:start + FORWARD_CHUNK])
-        return packed_bytes(self.host.receive(batch))
+            if self.device.type == "cpu":
+                pack(self.model(chunk), self.layout, self.scale, rows)  # the CPU packs straight into the buffer
+            else:
+                packed = torch.empty(rows.shape, dtype=self.dtype, device=self.device)
+                pack(self.model(chunk), self.layout, self.scale, packed)
+                self.host.copy_in(rows, packed)
+            yield start, packed_bytes(rows)
+
+    def render(self, embeddings: torch.Tensor) -> np.ndarray:
+        """All rows of the batch at once (`[N, layout.nbytes]` uint8, a view of the host buffer)."""
+        for _ in self.chunks(embeddings):
+            pass
+        return packed_bytes(self.host.take(embeddings.shape[0], self.layout.numel, self.dtype))

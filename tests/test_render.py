@@ -4,6 +4,7 @@ import copy
 import platform
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_packing import SHAPES, reference_files, tiny_hypernet
@@ -62,25 +63,26 @@ def test_bf16_forward_stays_within_bf16_rounding_of_fp32(variant):
     assert (a - b).abs().max() < 2**-5 * a.abs().max()
 
 
-def test_host_buffer_is_reused_across_batches():
-    """The path a CUDA batch takes (device -> host buffer), run on the CPU: one buffer, grown when needed."""
+def test_host_buffer_is_reused_and_filled_from_the_device_path():
+    """The copy a CUDA chunk takes (device rows -> host buffer rows), run on the CPU: one buffer, grown when needed."""
     buffer = HostBuffer(pin=False)
-    first = buffer.receive(torch.arange(12, dtype=torch.bfloat16).view(2, 6))
-    pointer = first.data_ptr()
-    second = buffer.receive(torch.ones(2, 6, dtype=torch.bfloat16))
-    assert second.data_ptr() == pointer and torch.equal(second, torch.ones(2, 6, dtype=torch.bfloat16))
-    bigger = buffer.receive(torch.full((4, 6), 2.0, dtype=torch.bfloat16))
+    first = buffer.take(2, 6, torch.bfloat16)
+    buffer.copy_in(first[1:], torch.arange(6, dtype=torch.bfloat16).view(1, 6))
+    assert torch.equal(first[1], torch.arange(6, dtype=torch.bfloat16))
+    again = buffer.take(2, 6, torch.bfloat16)
+    assert again.data_ptr() == first.data_ptr() and torch.equal(again[1], first[1])  # reused, not reallocated
+    bigger = buffer.take(4, 6, torch.bfloat16)
+    buffer.copy_in(bigger, torch.full((4, 6), 2.0, dtype=torch.bfloat16))
     assert torch.equal(bigger, torch.full((4, 6), 2.0, dtype=torch.bfloat16))
-    assert buffer.receive(torch.zeros(1, 6, dtype=torch.bfloat16)).data_ptr() == bigger.data_ptr()
-    own = buffer.take(3, 6, torch.bfloat16)
-    assert buffer.receive(own) is own  # a batch packed in place on the CPU is not copied
+    assert buffer.take(1, 6, torch.bfloat16).data_ptr() == bigger.data_ptr()
 
 
 def test_renderer_pins_only_with_cuda_and_reuses_its_buffer():
     renderer = Renderer(model(), "bfloat16")
     assert renderer.host.pin == (renderer.device.type == "cuda" and torch.cuda.is_available())
-    x = torch.randn(3, 12)
-    first = renderer.render(x).copy()
-    again = renderer.render(x[:2])
-    assert again.__array_interface__["data"][0] == renderer.render(x).__array_interface__["data"][0]
-    assert (again == first[:2]).all()
+    x = torch.randn(20, 12)  # two forward chunks
+    chunks = [(first, rows.copy()) for first, rows in renderer.chunks(x)]
+    assert [first for first, _ in chunks] == [0, 16] and [len(rows) for _, rows in chunks] == [16, 4]
+    whole = renderer.render(x)
+    assert (whole == np.concatenate([rows for _, rows in chunks])).all()
+    assert renderer.render(x[:3]).__array_interface__["data"][0] == whole.__array_interface__["data"][0]

@@ -1,9 +1,10 @@
 """The factory's stages: the same objects on Ray Data actor pools or, for small jobs, in this process.
 
 - `EmbedStage`: descriptions -> task embeddings, with the encoder the checkpoint was trained with.
-- `GenerateStage`: embeddings -> `render.Renderer` (one batched forward, bf16 where the device has it,
-  scale folded and cast on the device, one copy per batch into a reused host buffer) -> `AdapterWriter`
-  (hash and write from slices of that buffer on a thread pool) -> one result row per adapter.
+- `GenerateStage`: embeddings -> `render.Renderer` (batched forwards, bf16 where the device has it, scale
+  folded and cast on the device, one copy per forward chunk into a reused host buffer) -> `AdapterWriter`
+  (hash and write from slices of that buffer on a thread pool, a chunk's adapters while the next chunk is
+  generated) -> one result row per adapter.
 `ray_pipeline` chains them on Ray Data; `run_in_process` calls them batch by batch here: the same stages on
 the same batches write the same files.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import wait
 
 import numpy as np
 import torch
@@ -66,8 +68,13 @@ class GenerateStage:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = self.renderer.render(torch.from_numpy(np.asarray(batch["embedding"], np.float32)))
-        return self.writer.write(rows, batch)
+        futures = []
+        try:
+            for first, rows in self.renderer.chunks(torch.from_numpy(np.asarray(batch["embedding"], np.float32))):
+                futures += self.writer.submit(rows, batch, first)  # written while the next chunk is generated
+        finally:
+            wait(futures)  # the host buffer is reused by the next batch: no write may still read it
+        return self.writer.results(futures)
 
 
 def stage_items(todo: list[tuple[Request, str]], out: str, shown_out: str) -> list[dict]:

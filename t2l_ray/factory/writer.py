@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from t2l_ray.packing import AdapterLayout
 
 
 class AdapterWriter:
-    """Writes the adapters of one checkpoint: `write(rows, batch)` -> one result per row, in order."""
+    """Writes the adapters of one checkpoint: `submit` rows as they come, then `results` for the batch."""
 
     def __init__(self, layout: AdapterLayout, *, config: bytes, checkpoint_sha256: str, encoder: str, scale: float,
                  dtype: str, threads: int = 0):
@@ -29,12 +29,18 @@ class AdapterWriter:
         self.threads = threads or os.cpu_count() or 1
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="t2l-writer")
 
-    def write(self, rows: np.ndarray, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        """Rows of `Renderer.render`; `batch` holds the columns line, source, id, description, metadata (JSON
-        or ""), uri (where to write) and shown (the uri as the user gave it, for messages)."""
-        results = list(self.pool.map(lambda index: self._write_one(rows[index], batch, index), range(len(rows))))
+    def submit(self, rows: np.ndarray, batch: dict[str, np.ndarray], first: int) -> list[Future]:
+        """Start writing `rows` (of `Renderer.chunks`), the adapters `first`, `first + 1`, ... of `batch`, whose
+        columns are line, source, id, description, metadata (JSON or ""), uri (where to write) and shown (the
+        uri as the user gave it, for messages). The rows must stay untouched until `results` returns."""
+        return [self.pool.submit(self._write_one, row, batch, first + offset) for offset, row in enumerate(rows)]
+
+    @staticmethod
+    def results(futures: list[Future]) -> dict[str, list]:
+        """Wait for every write; one result per adapter, in order, as columns."""
+        done = [future.result() for future in futures]
         # Strings and counts only (no None): every Ray Data block then has the same column types.
-        return {key: [result[key] for result in results] for key in ("line", "id", "status", "error", "bytes", "sha256")}
+        return {key: [result[key] for result in done] for key in ("line", "id", "status", "error", "bytes", "sha256")}
 
     def _write_one(self, row: np.ndarray, batch: dict[str, np.ndarray], index: int) -> dict:
         adapter_id, description = str(batch["id"][index]), str(batch["description"][index])
