@@ -309,7 +309,7 @@ def test_bad_inputs_fail_on_the_driver_in_one_line(tmp_path, tiny_ckpt, no_work)
     assert not (tmp_path / "out").exists()  # nothing was created for any of them
 
 
-def test_damaged_checkpoint_fails_generate_and_serve_in_one_line(tmp_path):
+def test_generate_and_serve_refuse_a_damaged_checkpoint_or_a_file_as_out(tmp_path):
     damaged = str(tmp_path / "damaged")
     make_checkpoint(damaged)
     flip_one_byte(damaged)
@@ -318,6 +318,12 @@ def test_damaged_checkpoint_fails_generate_and_serve_in_one_line(tmp_path):
     one_line_error(runner.invoke(app, ["serve", "--checkpoint", damaged, "--out", str(tmp_path / "out")]),
                    "does not match the sha256")
     assert not (tmp_path / "out").exists()
+    good = str(tmp_path / "good")
+    make_checkpoint(good)
+    (tmp_path / "file").write_text("x")
+    for command in (["generate", "--description", "Sort words."], ["serve"]):
+        one_line_error(runner.invoke(app, [*command, "--checkpoint", good, "--out", str(tmp_path / "file")]),
+                       "is a file, not a folder")
 
 
 def test_damaged_checkpoint_from_a_real_process_prints_no_traceback(tmp_path, tiny_ckpt):

@@ -130,6 +130,7 @@ def generate(
 ):
     """Generate one adapter folder from a description."""
     from t2l_ray import adapters, storage
+    from t2l_ray.checkpoint import verify_checkpoint
     from t2l_ray.generator import Generator
     from t2l_ray.request_rule import check_adapter_id, content_id
 
@@ -141,6 +142,8 @@ def generate(
         except ValueError as error:
             fail(str(error))
     try:
+        verify_checkpoint(checkpoint)
+        storage.check_writable_folder(out)
         generator = Generator.from_uri(checkpoint, dtype=dtype)
     except (FileNotFoundError, ValueError) as error:
         fail(str(error))

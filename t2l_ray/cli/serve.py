@@ -46,7 +46,7 @@ def serve_command(
     config.base_model = base_model or config.base_model
     try:
         verify_checkpoint(checkpoint)  # a damaged copy fails here in one line, not in every replica
-        storage.resolve(out)
+        storage.check_writable_folder(out)
         if config.base_model:
             check_base_fits(checkpoint, config.base_model)
     except (FileNotFoundError, ValueError) as error:
