@@ -92,8 +92,9 @@ def load_checkpoint(uri: str, device: str = "cpu") -> HypernetCheckpoint:
     weights = storage.read_bytes(storage.join(uri, WEIGHTS_FILE))
     sha = hashlib.sha256(weights).hexdigest()
     _check_sha(uri, config, sha)
-    model = build_from_config(config)
-    model.load_state_dict(load_safetensors(weights))
+    with torch.device("meta"):  # no random init of ~55M parameters that the weights replace at once
+        model = build_from_config(config)
+    model.load_state_dict(load_safetensors(weights), assign=True)
     return HypernetCheckpoint(model.to(device).eval(), config["encoder"], sha, uri)
 
 
