@@ -12,6 +12,7 @@ the same batches write the same files.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from concurrent.futures import wait
 
@@ -102,11 +103,17 @@ def in_process_stages(checkpoint: str, checkpoint_config: dict, config: FactoryC
     embed, generate = EmbedStage(**embed_args), GenerateStage(**generate_args)
 
     def run(items: list[dict]) -> Iterator[dict]:
-        for start in range(0, len(items), config.batch_size):
-            chunk = items[start:start + config.batch_size]
-            batch = {key: np.array([item[key] for item in chunk]) for key in chunk[0]}
-            results = generate(embed(batch))
-            yield from ({key: values[i] for key, values in results.items()} for i in range(len(chunk)))
+        previous = torch.get_num_threads()
+        if config.num_gpus == 0:  # leave the writer threads a core: torch's spinning threads would starve them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+        try:
+            for start in range(0, len(items), config.batch_size):
+                chunk = items[start:start + config.batch_size]
+                batch = {key: np.array([item[key] for item in chunk]) for key in chunk[0]}
+                results = generate(embed(batch))
+                yield from ({key: values[i] for key, values in results.items()} for i in range(len(chunk)))
+        finally:
+            torch.set_num_threads(previous)
 
     return run
 
