@@ -1,35 +1,32 @@
-"""Generation throughput: one description per call vs the batched factory on Ray, against raw store writes.
+"""Generation throughput at Mistral-7B shapes: the factory against a one-description-per-call loop, the
+hypernet forward alone and plain writes of the same bytes to the same store, from one run.
 
-    .venv/bin/python bench/generate_throughput.py [--n 192] [--batch-sizes 8,64] [--store PATH_OR_S3_URI]
+    .venv/bin/python bench/generate_throughput.py [--device cpu|cuda] [--n 192] [--batch-size 32]
+        [--store PATH|URI|s3] [--keep]
 
-Everything generates adapters for the Mistral-7B preset with T2L-L (rank 8, q_proj and v_proj, 32 layers:
-6.8 MB of bf16 weights per adapter) from an untrained checkpoint made by `checkpoint.init_checkpoint` on
-`shapes.base_shapes("mistral-7b-instruct-v0.2")` with the `all-minilm-l6-v2` encoder (384 dims). No base
-weights are ever loaded. The checkpoint (~220 MB, fp32) is written to a local scratch folder; the adapters
-go to `--store` (a local folder, default a fresh temp folder, or an s3:// URI reached through the standard
-AWS environment variables), under a per-run prefix; both are deleted afterwards unless `--keep`.
+Every row generates (or writes) adapters for the Mistral-7B preset with T2L-L (rank 8, q_proj and v_proj,
+32 layers: 6.8 MB of bf16 weights per adapter) from an untrained checkpoint (`checkpoint.init_checkpoint`
+on `shapes.base_shapes("mistral-7b-instruct-v0.2")`, encoder `all-minilm-l6-v2`, 384 dims) whose heads are
+perturbed so adapters differ. No base weights are loaded. The checkpoint (~220 MB, fp32) lives in a local
+scratch folder; adapters go to `--store`: a local folder (default: a fresh temp folder), any path or
+s3:// URI, or `s3` for a fresh SeaweedFS server started like the tests' (tests/fixtures_s3.py).
 
 Rows, each measured in its own subprocess so timings and peak RSS never mix:
-- one per call: how the T2L reference generates, one description at a time: encoder call, hypernet forward,
-  write of the folder, in one process (`Generator.render([d])` + `adapters.write_adapter`);
-- factory B=...: `t2l_ray.factory.run_factory` (encoder actors -> hypernet actors -> writes, on Ray Data)
-  with that batch size and the factory's default actor settings, on a private local Ray cluster started in
-  the subprocess (or the one in RAY_ADDRESS); the cluster's start-up is not timed, the actors' is;
-- store writes: the very folders the one-per-call row wrote, read back and written again straight to the
-  same store with `adapters.write_adapter` (no generation): the storage ceiling.
+- one per call: the T2L reference's way (`gen_lora` + `save_lora`): an fp32 hypernet, and for each
+  description one encoder call, one forward, a dict of PEFT tensors (scale folded in fp32, cast to bf16),
+  `safetensors.torch.save` and the folder written through the storage layer;
+- forward alone, fp32 and bf16 (bf16 only where the device has it): batches of B through the hypernet,
+  nothing else; render: the factory's device side (forward, fold, cast, one copy into the host buffer);
+- factory in this process / on Ray: `run_factory` with batch B (`local`, or `in_process_max=0` on a private
+  cluster); `wall/s` counts from the subprocess's start (imports, Ray's start-up, actors, first batch);
+- store writes: the factory's folders written again with `adapters.write_adapter`, on as many threads as
+  the factory's writer uses (one per CPU).
 
-Columns: `total s` includes loading the encoder and the checkpoint (once per process or actor);
-`adapters/s` = adapters / total s; `steady/s` leaves out start-up and the first batch: (n - B) / (time of the
-last adapter - time the first batch finished), shown when n >= 3B (Ray Data hands rows over a block at a
-time, so it is an arrival rate, coarse for large B); `MB/s` counts weights bytes over total s (store writes:
-over write time only); `peak RSS` is getrusage's ru_maxrss of the measuring process, and for factory rows
-the largest RSS any one of the private cluster's worker processes reached (psutil, sampled every 0.1 s;
-n/a with RAY_ADDRESS).
-
-Caveats: the one-per-call process uses torch's default threads (all cores); each factory actor reserves 0.5
-CPU, so Ray gives its torch one thread, and the encoder and hypernet actors run side by side. The line above
-the table prints the machine's load average at the start and the end: other work on the machine moves
-every figure. The figures are machine-dependent; nothing asserts on them.
+Columns: `wall/s` = adapters over the row's whole time; `steady/s` = adapters after the first batch over the
+time they took (`factory.steady_rate`; n/a below 3 batches); `MB/s` = weights MB at the steady rate where
+there is one, else the wall rate; `peak RSS` = the subprocess's ru_maxrss, and for the Ray row the largest RSS
+the generation actor reached (sampled), next to the batch buffer it holds. Ratios below the table compare the
+steady rates. The figures move with the machine's load (printed); nothing asserts on them.
 """
 
 from __future__ import annotations
@@ -37,13 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -52,28 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PRESET = "mistral-7b-instruct-v0.2"
 ENCODER = "all-minilm-l6-v2"
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def steady_rate(times: list[float], batch: int) -> float | None:
-    """Adapters/s after the first batch: (n - B) / (last arrival - arrival of the first batch's last adapter).
-
-    None unless at least two more batches follow the first: Ray Data hands rows over a block at a time, so
-    one later batch would time a burst of arrivals, not generation.
-    """
-    times = sorted(times)
-    if len(times) < 3 * batch:
-        return None
-    span = times[-1] - times[batch - 1]
-    return (len(times) - batch) / span if span > 0 else None
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
 def descriptions(n: int) -> list[str]:
@@ -89,43 +66,104 @@ def adapter_ids(n: int) -> list[str]:
     return [f"bench-{i:05d}" for i in range(n)]
 
 
-# ------------------------------------------------------------------------------------------------ measurements (subprocesses)
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def since_start() -> float:
+    """Seconds since this process started: what a user running the command waits through."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+# ------------------------------------------------------------------------------------------------ measurements
 
 
 def measure_one_per_call(spec: dict) -> dict:
+    import torch
+    from safetensors.torch import save
+
     from t2l_ray import adapters, storage
-    from t2l_ray.generator import Generator
+    from t2l_ray.checkpoint import load_checkpoint
+    from t2l_ray.encoders import load_encoder
+    from t2l_ray.factory import steady_rate
+    from t2l_ray.packing import lora_key
 
-    texts, ids = descriptions(spec["n"]), adapter_ids(spec["n"])
-    start = time.perf_counter()
-    generator = Generator.from_uri(spec["checkpoint"])
+    loaded = load_checkpoint(spec["checkpoint"], device=spec["device"])
+    model, encoder = loaded.model, load_encoder(loaded.encoder, device=spec["device"])
+    scale, shapes = model.config.scale, model.shapes
+    config = adapters.config_bytes(shapes, model.config.rank, [m.name for m in model.modules_])
     times, weights = [], 0
-    for text, adapter_id in zip(texts, ids):
-        (files,) = generator.render([text], [adapter_id])  # one encoder call, one hypernet forward
-        adapters.write_adapter(storage.join(spec["out"], adapter_id), files)
-        weights += files.weights_bytes
+    start = time.perf_counter()
+    for text, adapter_id in zip(descriptions(spec["n"]), adapter_ids(spec["n"])):
+        with torch.inference_mode():
+            lora = model(encoder.encode([text]).to(spec["device"]))
+            tensors = {}
+            for name, (a, b) in lora.items():
+                module = shapes.module(name)
+                for layer in range(shapes.num_layers):
+                    tensors[lora_key(layer, module, "A")] = a[0, layer].to(torch.bfloat16).contiguous().cpu()
+                    tensors[lora_key(layer, module, "B")] = (b[0, layer].float() * scale).to(torch.bfloat16).contiguous().cpu()
+        data = save(tensors, metadata={"format": "pt"})
+        meta = adapters.meta_bytes(adapter_id=adapter_id, description=text, checkpoint_sha256=loaded.sha256,
+                                   encoder=loaded.encoder, scale=scale, dtype="bfloat16")
+        adapters.write_adapter(storage.join(spec["out"], adapter_id),
+                               {adapters.WEIGHTS_FILE: data, adapters.META_FILE: meta, adapters.CONFIG_FILE: config})
+        weights += len(data)
         times.append(time.perf_counter() - start)
-    return {"adapters": len(ids), "seconds": times[-1], "first": times[0], "steady": steady_rate(times, 1),
-            "weights_bytes": weights, "peak_rss_mb": peak_rss_mb()}
+    return {"adapters": len(times), "seconds": times[-1], "steady": steady_rate(times, 1), "weights_bytes": weights,
+            "peak_rss_mb": peak_rss_mb()}
 
 
-class WorkerRSS:
-    """Largest RSS of any descendant process whose name marks it as a Ray worker (`ray::...`), sampled."""
+def measure_forward(spec: dict) -> dict:
+    """Batches of B through the hypernet (`render`: also fold, cast and the copy into the host buffer)."""
+    import torch
 
-    def __init__(self, interval: float = 0.1):
+    from t2l_ray.checkpoint import load_checkpoint
+    from t2l_ray.render import Renderer
+
+    model = load_checkpoint(spec["checkpoint"], device=spec["device"]).model.eval()
+    embeddings = torch.randn(spec["batch"], model.encoder_dim)
+    renderer = Renderer(model, "bfloat16", spec["forward"])
+    if spec["render"]:
+        step = lambda: renderer.render(embeddings)  # noqa: E731
+    else:
+        def step():
+            with torch.inference_mode():
+                model(embeddings.to(spec["device"]))
+            if spec["device"] == "cuda":
+                torch.cuda.synchronize()
+    step()  # warm-up: allocator, kernels
+    batches = max(1, spec["n"] // spec["batch"])
+    start = time.perf_counter()
+    for _ in range(batches):
+        step()
+    seconds = time.perf_counter() - start
+    return {"adapters": batches * spec["batch"], "seconds": seconds, "steady": None,
+            "weights_bytes": batches * spec["batch"] * renderer.layout.file_bytes, "peak_rss_mb": peak_rss_mb(),
+            "forward_dtype": str(renderer.forward_dtype).removeprefix("torch.")}
+
+
+class ActorRSS:
+    """Largest RSS of the descendant Ray worker whose command line names `marker`, sampled every 0.1 s."""
+
+    def __init__(self, marker: str):
         import psutil
 
-        self.me, self.interval, self.peak = psutil.Process(), interval, 0
+        self.me, self.marker, self.peak = psutil.Process(), marker, 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         import psutil
 
-        while not self.stop.wait(self.interval):
+        while not self.stop.wait(0.1):
             for child in self.me.children(recursive=True):
                 try:
-                    if child.name().startswith("ray::") or "ray::" in " ".join(child.cmdline()[:1]):
+                    if self.marker in " ".join(child.cmdline()):
                         self.peak = max(self.peak, child.memory_info().rss)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
@@ -141,57 +179,53 @@ class WorkerRSS:
 
 def measure_factory(spec: dict) -> dict:
     from t2l_ray.factory import FactoryConfig, run_factory
-    from t2l_ray.raycluster import ensure_ray
 
-    own_cluster = not os.environ.get("RAY_ADDRESS")
-    ensure_ray()  # before the clock: run_factory does not time the cluster's start-up either
-    times: list[float] = []
-    start = time.perf_counter()
-    with WorkerRSS() as rss:
-        summary = run_factory(spec["input"], spec["checkpoint"], spec["out"], FactoryConfig(batch_size=spec["batch"]),
-                              on_row=lambda row: times.append(time.perf_counter() - start))
+    config = FactoryConfig(batch_size=spec["batch"], num_gpus=0.5 if spec["device"] == "cuda" else 0.0,
+                           **({"local": True} if spec["local"] else {"in_process_max": 0}))
+    with ActorRSS("GenerateStage") as actor:
+        summary = run_factory(spec["input"], spec["checkpoint"], spec["out"], config,
+                              started_at=time.time() - since_start())
     if summary.failed or summary.written != spec["n"]:
         raise RuntimeError(f"factory wrote {summary.written} of {spec['n']} adapters: {summary.failures[:3]}")
-    return {"adapters": summary.written, "seconds": summary.seconds, "first": min(times),
-            "steady": steady_rate(times, spec["batch"]), "weights_bytes": summary.written_bytes,
-            "peak_rss_mb": rss.peak / 2**20 if own_cluster and rss.peak else None}
+    own_cluster = not os.environ.get("RAY_ADDRESS")
+    rss = peak_rss_mb() if spec["local"] else (actor.peak / 2**20 if own_cluster and actor.peak else None)
+    return {"adapters": summary.written, "seconds": summary.wall_seconds, "steady": summary.steady_rate,
+            "weights_bytes": summary.written_bytes, "peak_rss_mb": rss}
 
 
 def measure_store_writes(spec: dict) -> dict:
-    """Write the folders at `source` again to `out`, straight through the storage layer; only writes are timed."""
+    """The folders at `source` written again to `out` on one thread per CPU; only the writes are timed."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from t2l_ray import adapters, storage
 
-    timed, weights, count, chunk = 0.0, 0, 0, 16
-    ids = adapter_ids(spec["n"])
-    for first in range(0, len(ids), chunk):  # read a chunk (untimed), then time its writes: bounded memory
-        folders = {
-            adapter_id: adapters.AdapterFiles({
-                name: storage.read_bytes(storage.join(spec["source"], adapter_id, name)) for name in adapters.REQUIRED_FILES
-            })
-            for adapter_id in ids[first:first + chunk]
-        }
-        start = time.perf_counter()
-        for adapter_id, files in folders.items():
-            adapters.write_adapter(storage.join(spec["out"], adapter_id), files)
-        timed += time.perf_counter() - start
-        weights += sum(files.weights_bytes for files in folders.values())
-        count += len(folders)
-    return {"adapters": count, "seconds": timed, "first": None, "steady": None, "weights_bytes": weights,
-            "peak_rss_mb": None}
+    ids, timed, weights, chunk = adapter_ids(spec["n"]), 0.0, 0, 32
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for first in range(0, len(ids), chunk):  # read a chunk (untimed), then time its writes: bounded memory
+            folders = {
+                adapter_id: adapters.AdapterFiles({name: storage.read_bytes(storage.join(spec["source"], adapter_id, name))
+                                                   for name in adapters.REQUIRED_FILES})
+                for adapter_id in ids[first:first + chunk]
+            }
+            start = time.perf_counter()
+            list(pool.map(lambda item: adapters.write_adapter(storage.join(spec["out"], item[0]), item[1]),
+                          folders.items()))
+            timed += time.perf_counter() - start
+            weights += sum(files.weights_bytes for files in folders.values())
+    return {"adapters": len(ids), "seconds": timed, "steady": None, "weights_bytes": weights, "peak_rss_mb": None}
 
 
-MEASUREMENTS = {"one_per_call": measure_one_per_call, "factory": measure_factory, "store": measure_store_writes}
+MEASUREMENTS = {"one_per_call": measure_one_per_call, "forward": measure_forward, "factory": measure_factory,
+                "store": measure_store_writes}
 
 
-def run_measurement(kind: str, spec: dict, log_dir: str) -> dict:
+def run_measurement(kind: str, spec: dict, log: Path) -> dict:
     """One measurement in a fresh Python process; its JSON result is the last line of its stdout."""
-    log = os.path.join(log_dir, f"{kind}-{spec.get('batch', 1)}.log")
     with open(log, "w") as err:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", kind, "--spec", json.dumps(spec)],
                               stdout=subprocess.PIPE, stderr=err, text=True)
     if proc.returncode != 0:
-        with open(log) as f:
-            sys.stderr.write(f.read()[-6000:])
+        sys.stderr.write(log.read_text()[-6000:])
         raise SystemExit(f"measurement {kind} failed (exit {proc.returncode}); log: {log}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -203,90 +237,142 @@ def fmt(value, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def table(rows: list[tuple[str, int, dict]]) -> str:
-    base = rows[0][2]
-    base_rate, base_steady = base["adapters"] / base["seconds"], base["steady"]
-    store = next(r for label, _, r in rows if label == "store writes")
-    store_mbs = store["weights_bytes"] / 1e6 / store["seconds"]
-    header = ("| path | batch | adapters | total s | first adapter s | adapters/s | steady/s | MB/s "
-              "| x one-per-call | % of store MB/s | peak RSS MB |")
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for label, batch, r in rows:
-        rate = r["adapters"] / r["seconds"]
-        mbs = r["weights_bytes"] / 1e6 / r["seconds"]
-        generating = label != "store writes"
-        ratio = f"{rate / base_rate:.2f}" if generating else "n/a"
-        if generating and r["steady"] and base_steady:
-            ratio += f" (steady {r['steady'] / base_steady:.2f})"
-        lines.append(
-            f"| {label} | {batch if generating else 'n/a'} | {r['adapters']} | {r['seconds']:.1f} | {fmt(r['first'])} "
-            f"| {rate:.2f} | {fmt(r['steady'], 2)} | {mbs:.1f} | {ratio} "
-            f"| {f'{100 * mbs / store_mbs:.1f}' if generating else '100.0'} | {fmt(r['peak_rss_mb'], 0)} |"
-        )
+def rate(result: dict) -> float:
+    return result["steady"] or result["adapters"] / result["seconds"]
+
+
+def table(rows: list[tuple[str, dict]], buffer_mb: float) -> str:
+    lines = ["| path | adapters | s | wall/s | steady/s | MB/s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, r in rows:
+        mbs = rate(r) * r["weights_bytes"] / r["adapters"] / 1e6
+        rss = fmt(r["peak_rss_mb"], 0)
+        if label.startswith("factory on Ray") and r["peak_rss_mb"]:
+            rss += f" (generation actor; {buffer_mb:.0f} MB of it the batch buffer)"
+        elif label.startswith("factory in this process"):
+            rss += f" (encoder + generation; {buffer_mb:.0f} MB batch buffer)"
+        lines.append(f"| {label} | {r['adapters']} | {r['seconds']:.1f} | {r['adapters'] / r['seconds']:.2f} "
+                     f"| {fmt(r['steady'], 2)} | {mbs:.1f} | {rss} |")
     return "\n".join(lines)
+
+
+def ratios(results: dict[str, dict]) -> list[str]:
+    loop, store = rate(results["one per call"]), rate(results["store writes"])
+    out = []
+    for label in ("factory in this process", "factory on Ray"):
+        if label in results:
+            r = rate(results[label])
+            out.append(f"{label}: {r / loop:.2f}x the one-per-call loop, {r / store:.2f}x the store's plain writes")
+    forward = next((results[k] for k in ("forward alone (bfloat16)", "forward alone (float32)") if k in results), None)
+    if forward and "factory on Ray" in results:
+        out.append(f"factory on Ray: {rate(results['factory on Ray']) / rate(forward):.2f}x the forward alone")
+    return out
+
+
+def perturbed_checkpoint(uri: str) -> None:
+    """An untrained T2L-L for the preset whose heads are perturbed, so every description gets its own adapter."""
+    import torch
+
+    from t2l_ray import checkpoint
+    from t2l_ray.checkpoint import known_encoder_dim
+    from t2l_ray.hypernet import HypernetConfig, TextToLoRA
+    from t2l_ray.shapes import base_shapes
+
+    torch.manual_seed(0)
+    model = TextToLoRA(HypernetConfig(variant="L"), base_shapes(PRESET), known_encoder_dim(ENCODER))
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(0, 0.002)
+    checkpoint.save_checkpoint(model, ENCODER, uri)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=192, help="Adapters per row (default 192: n >= 3 x the largest batch).")
-    parser.add_argument("--batch-sizes", default="8,64", help="Factory batch sizes, comma-separated (default 8,64).")
-    parser.add_argument("--store", default="", help="Where adapters are written: a local folder or an s3:// URI "
-                                                    "(default: a fresh temp folder).")
-    parser.add_argument("--keep", action="store_true", help="Keep the written adapters, the checkpoint and the "
-                                                             "measurement logs (default: delete them).")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Where the hypernet runs (default cpu).")
+    parser.add_argument("--n", type=int, default=192, help="Adapters per row (default 192; >= 3 x batch for a steady rate).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Factory and forward batch size (default 32).")
+    parser.add_argument("--store", default="", help="Where adapters go: a local folder, a path or s3:// URI, or `s3` for "
+                                                    "a fresh SeaweedFS server (default: a fresh temp folder).")
+    parser.add_argument("--keep", action="store_true", help="Keep the adapters, the checkpoint and the logs.")
     parser.add_argument("--measure", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(MEASUREMENTS[args.measure](json.loads(args.spec))))
         return
-    if args.n < 1:
-        parser.error("--n must be at least 1")
-    batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    if args.n < 1 or args.batch_size < 1:
+        parser.error("--n and --batch-size must be at least 1")
 
-    from t2l_ray import checkpoint, storage
-    from t2l_ray.hypernet import HypernetConfig
-    from t2l_ray.shapes import base_shapes
+    from t2l_ray import storage
+    from t2l_ray.render import device_has_bf16
 
-    scratch = tempfile.mkdtemp(prefix="t2l-bench-")
-    store = storage.join(args.store or os.path.join(scratch, "store"), f"bench-{uuid.uuid4().hex[:8]}")
-    shapes = base_shapes(PRESET)
-    ckpt = os.path.join(scratch, "hypernet")
-    started, load = time.time(), os.getloadavg()[0]
-    print(f"init-checkpoint: T2L-L for {shapes.base_model} ({shapes.num_layers} layers, "
-          f"{[m.name for m in shapes.modules]}), encoder {ENCODER} -> {ckpt}", flush=True)
-    checkpoint.init_checkpoint(HypernetConfig(variant="L"), shapes, ENCODER, ckpt)
-    input_file = os.path.join(scratch, "descriptions.jsonl")
-    with open(input_file, "w") as f:
-        for text, adapter_id in zip(descriptions(args.n), adapter_ids(args.n)):
-            f.write(json.dumps({"description": text, "id": adapter_id}) + "\n")
+    import torch
 
-    rows: list[tuple[str, int, dict]] = []
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    scratch = Path(tempfile.mkdtemp(prefix="t2l-bench-"))
+    with ExitStack() as stack:
+        store_root = args.store or str(scratch / "store")
+        if args.store == "s3":
+            sys.path.insert(0, str(TESTS))
+            from fixtures_s3 import SPOILERS, running_s3_server
 
-    def measure(label: str, kind: str, batch: int, **spec) -> dict:
-        print(f"measuring {label} ...", end=" ", flush=True)
-        result = run_measurement(kind, {"n": args.n, "checkpoint": ckpt, "batch": batch, **spec}, scratch)
-        print(f"{result['seconds']:.1f} s", flush=True)
-        rows.append((label, batch, result))
-        return result
+            (scratch / "s3").mkdir()
+            server = stack.enter_context(running_s3_server(scratch / "s3"))
+            os.environ.update(server.env())  # the measurement subprocesses (and their Ray workers) inherit these
+            for name in SPOILERS:
+                os.environ.pop(name, None)
+            store_root = server.uri("bench")
+        store = storage.join(store_root, f"run-{uuid.uuid4().hex[:8]}")
+        started, load = time.time(), os.getloadavg()
+        ckpt = str(scratch / "hypernet")
+        print(f"checkpoint: T2L-L for {PRESET}, encoder {ENCODER} -> {ckpt}; store {store}", flush=True)
+        perturbed_checkpoint(ckpt)
+        source = scratch / "descriptions.jsonl"
+        source.write_text("".join(json.dumps({"description": d, "id": i}) + "\n"
+                                  for d, i in zip(descriptions(args.n), adapter_ids(args.n))))
+        common = {"n": args.n, "checkpoint": ckpt, "device": args.device, "batch": args.batch_size}
+        results: dict[str, dict] = {}
 
-    try:
-        measure("one per call", "one_per_call", 1, out=storage.join(store, "one_per_call"))
-        for batch in batches:
-            measure(f"factory B={batch}", "factory", batch, input=input_file, out=storage.join(store, f"factory_{batch}"))
+        def measure(label: str, kind: str, **spec) -> None:
+            print(f"measuring {label} ...", end=" ", flush=True)
+            log = scratch / f"{label.replace(' ', '_').replace('(', '').replace(')', '')}.log"
+            results[label] = run_measurement(kind, {**common, **spec}, log)
+            print(f"{results[label]['seconds']:.1f} s", flush=True)
+
+        try:
+            measure("one per call", "one_per_call", out=storage.join(store, "one_per_call"))
+            storage.delete(storage.join(store, "one_per_call"))
+            forwards = ["float32"] + (["bfloat16"] if device_has_bf16(torch.device(args.device)) else [])
+            for forward in forwards:
+                measure(f"forward alone ({forward})", "forward", forward=forward, render=False)
+            measure("render (forward, fold, cast, host copy)", "forward", forward="auto", render=True)
+            for label, local in (("factory in this process", True), ("factory on Ray", False)):
+                name = "factory_local" if local else "factory_ray"
+                measure(label, "factory", input=str(source), out=storage.join(store, name), local=local)
+                if local:
+                    storage.delete(storage.join(store, name))  # ~1.3 GB at n=192; the Ray row's folders are rewritten next
+            measure("store writes", "store", source=storage.join(store, "factory_ray"), out=storage.join(store, "store"))
+        finally:
             if not args.keep:
-                storage.delete(storage.join(store, f"factory_{batch}"))
-        measure("store writes", "store", 1, source=storage.join(store, "one_per_call"), out=storage.join(store, "store"))
-    finally:
-        if not args.keep:
-            storage.delete(store)
-            shutil.rmtree(scratch, ignore_errors=True)  # the ~220 MB checkpoint and the logs
-    adapter_mb = rows[0][2]["weights_bytes"] / rows[0][2]["adapters"] / 1e6
+                storage.delete(store)
+        bf16 = " (bf16 heads)" if "forward alone (bfloat16)" in results else ""
+        results[f"render (forward, fold, cast, host copy){bf16}"] = results.pop("render (forward, fold, cast, host copy)")
+    weights = results["one per call"]["weights_bytes"] / results["one per call"]["adapters"]
+    order = ["one per call", "forward alone (float32)", "forward alone (bfloat16)",
+             f"render (forward, fold, cast, host copy){bf16}", "factory in this process", "factory on Ray", "store writes"]
     print()
-    print(f"{args.n} adapters per row, {adapter_mb:.2f} MB of weights each, store {store}"
-          f"{' (kept)' if args.keep else ' (deleted)'}; {os.cpu_count()} CPUs, load average {load:.1f} at the start and "
-          f"{os.getloadavg()[0]:.1f} at the end; {time.time() - started:.0f} s in all")
-    print(table(rows))
+    print(f"{args.n} adapters per row, batch {args.batch_size}, {weights / 1e6:.2f} MB of weights each, device "
+          f"{args.device}, store {'SeaweedFS S3' if args.store == 's3' else store_root}; {os.cpu_count()} CPUs, load "
+          f"average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+          f"{time.time() - started:.0f} s in all")
+    print(table([(label, results[label]) for label in order if label in results],
+                args.batch_size * weights / 2**20))
+    for line in ratios(results):
+        print(f"- {line}")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 # The README's demo (`make demo` runs it inside the project's virtualenv):
 # 1. inspects the generated task suite, 2. trains a T2L hypernet on it with Ray Train + DeepSpeed
 # (jobs/demo_cpu.yaml: a tiny random-weight base, 2 CPU workers, ZeRO-2), 3. generates adapters for
-# held-out descriptions with the trained hypernet, in one batch on Ray Data, 4. validates one of them,
-# 5. compares the generated adapters: different descriptions give different delta-W.
+# held-out descriptions with the trained hypernet, in one batch (a job this small runs in-process, no Ray),
+# 4. validates one of them, 5. compares the generated adapters: different descriptions give different delta-W.
 set -euo pipefail
 out="${1:-demo_out}"
 t2l=".venv/bin/t2l-ray"

