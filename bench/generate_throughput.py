@@ -20,7 +20,7 @@ Rows, each measured in its own subprocess so timings and peak RSS never mix:
 - factory in this process / on Ray: `run_factory` with batch B (`local`, or `in_process_max=0` on a private
   cluster); `wall/s` counts from the subprocess's start (imports, Ray's start-up, actors, first batch);
 - store writes: the factory's folders written again with `adapters.write_adapter`, on as many threads as
-  the factory's writer uses (one per CPU).
+  the factory's writer uses (`factory.writer.default_threads`: CPUs + 4).
 
 Columns: `wall/s` = adapters over the row's whole time; `steady/s` = adapters after the first batch over the
 time they took (`factory.steady_rate`; n/a below 3 batches); `MB/s` = weights MB at the steady rate where
@@ -194,13 +194,15 @@ def measure_factory(spec: dict) -> dict:
 
 
 def measure_store_writes(spec: dict) -> dict:
-    """The folders at `source` written again to `out` on one thread per CPU; only the writes are timed."""
+    """The folders at `source` written again to `out` on as many threads as the factory's writer uses; only the
+    writes are timed."""
     from concurrent.futures import ThreadPoolExecutor
 
     from t2l_ray import adapters, storage
+    from t2l_ray.factory.writer import default_threads
 
     ids, timed, weights, chunk = adapter_ids(spec["n"]), 0.0, 0, 32
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(default_threads()) as pool:
         for first in range(0, len(ids), chunk):  # read a chunk (untimed), then time its writes: bounded memory
             folders = {
                 adapter_id: adapters.AdapterFiles({name: storage.read_bytes(storage.join(spec["source"], adapter_id, name))

@@ -24,7 +24,8 @@ class FactoryConfig:
     forward_dtype: Literal["auto", "bfloat16", "float32"] = doc(
         "Dtype of the hypernet's heads in the forward. auto: bf16 when the weights are written in bf16 and the "
         "device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.", "auto")
-    write_threads: int = doc("Threads per hypernet actor that hash and write adapters (0: one per CPU of its node).", 0)
+    write_threads: int = doc("Threads per hypernet actor that hash and write adapters (0: its node's CPUs + 4, at "
+                             "most 32: writes mostly wait for fsync or an upload).", 0)
     in_process_max: int = doc(
         "Jobs with at most this many adapters to make run every stage in this process, without starting a Ray "
         "cluster (which takes longer than a few adapters); 0: never. A cluster named by RAY_ADDRESS is always used.",

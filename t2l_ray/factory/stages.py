@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import wait
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import torch
@@ -98,20 +98,28 @@ def _stage_args(checkpoint: str, checkpoint_config: dict, config: FactoryConfig)
 
 
 def in_process_stages(checkpoint: str, checkpoint_config: dict, config: FactoryConfig):
-    """Both stages built here (loading the encoder and the checkpoint) and a runner over the items."""
+    """Both stages built here (loading the encoder and the checkpoint) and a runner over the items that embeds
+    the next batch on a thread while the current one is generated and written, as the Ray actors overlap."""
     embed_args, generate_args = _stage_args(checkpoint, checkpoint_config, config)
     embed, generate = EmbedStage(**embed_args), GenerateStage(**generate_args)
 
+    def batch(chunk: list[dict]) -> dict[str, np.ndarray]:
+        return embed({key: np.array([item[key] for item in chunk]) for key in chunk[0]})
+
     def run(items: list[dict]) -> Iterator[dict]:
+        chunks = [items[start:start + config.batch_size] for start in range(0, len(items), config.batch_size)]
         previous = torch.get_num_threads()
         if config.num_gpus == 0:  # leave the writer threads a core: torch's spinning threads would starve them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
         try:
-            for start in range(0, len(items), config.batch_size):
-                chunk = items[start:start + config.batch_size]
-                batch = {key: np.array([item[key] for item in chunk]) for key in chunk[0]}
-                results = generate(embed(batch))
-                yield from ({key: values[i] for key, values in results.items()} for i in range(len(chunk)))
+            with ThreadPoolExecutor(1, thread_name_prefix="t2l-embed") as encoder:  # embeds batch k+1 meanwhile
+                embedded = encoder.submit(batch, chunks[0])
+                for index, chunk in enumerate(chunks):
+                    ready = embedded.result()
+                    if index + 1 < len(chunks):
+                        embedded = encoder.submit(batch, chunks[index + 1])
+                    results = generate(ready)
+                    yield from ({key: values[i] for key, values in results.items()} for i in range(len(chunk)))
         finally:
             torch.set_num_threads(previous)
 

@@ -19,6 +19,11 @@ from t2l_ray import adapters
 from t2l_ray.packing import AdapterLayout
 
 
+def default_threads() -> int:
+    """Writer threads when not set: this node's CPUs + 4, at most 32 (writes mostly wait for fsync or uploads)."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
 class AdapterWriter:
     """Writes the adapters of one checkpoint: `submit` rows as they come, then `results` for the batch."""
 
@@ -26,7 +31,7 @@ class AdapterWriter:
                  dtype: str, threads: int = 0):
         self.layout, self.config = layout, config
         self.meta = {"checkpoint_sha256": checkpoint_sha256, "encoder": encoder, "scale": scale, "dtype": dtype}
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or default_threads()
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="t2l-writer")
 
     def submit(self, rows: np.ndarray, batch: dict[str, np.ndarray], first: int) -> list[Future]:
