@@ -337,7 +337,8 @@ def generate_adapters(settings: Settings, split: dict, checkpoint: Path, out: Pa
     out.mkdir(parents=True, exist_ok=True)
     source.write_text("".join(json.dumps({"id": f"{name}--{task}", "description": text}) + "\n"
                               for (name, task), text in lines.items()))
-    summary = run_factory(str(source), str(checkpoint), str(generated), FactoryConfig(dtype="float32"))
+    summary = run_factory(str(source), str(checkpoint), str(generated),
+                          FactoryConfig(dtype="float32", in_process_max=0))  # on Ray Data, as the docstring says
     if summary.failed:
         raise RuntimeError(f"batch-generate: {summary.failed} adapters failed, the first: {summary.failures[:2]}")
     for name, task in lines:  # the eval layout: one folder per adapter set, one adapter per task inside

@@ -23,6 +23,7 @@ from t2l_ray.request_rule import content_id
 
 runner = CliRunner()
 GOOD = 200
+ON_RAY = ("--set", "in_process_max=0")  # jobs this small would run in-process; these tests are about Ray
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +344,7 @@ def test_damaged_checkpoint_from_a_real_process_prints_no_traceback(tmp_path, ti
 
 def test_small_jobs_run_in_process_unless_ray_is_named(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert runs_in_process(FactoryConfig(), 64) and not runs_in_process(FactoryConfig(), 65)
+    assert runs_in_process(FactoryConfig(), 256) and not runs_in_process(FactoryConfig(), 257)
     assert not runs_in_process(FactoryConfig(in_process_max=0), 1)
     assert runs_in_process(FactoryConfig(local=True, in_process_max=0), 10_000)
     assert not runs_in_process(FactoryConfig(resources={"gen_gpu": 1}), 1)  # placement only Ray can do
@@ -409,7 +410,7 @@ def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, cluster):
     ids, bad = write_input(source, sha)
     every = set(ids.values())
 
-    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out), "--batch-size", "16")
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out), "--batch-size", "16", *ON_RAY)
     assert result.exit_code == 1, result.output
     assert "written           200" in result.output and "skipped             0" in result.output
     assert "failed             10" in result.output and "failed line 160: " in result.output
@@ -427,7 +428,7 @@ def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, cluster):
         return {p: p.stat().st_mtime_ns for p in out.rglob("*") if not p.relative_to(out).parts[0].startswith("_")}
 
     before = adapter_files()
-    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out))
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out), *ON_RAY)
     assert result.exit_code == 1 and "written             0" in result.output and "skipped           200" in result.output
     assert adapter_files() == before
     check_manifest(str(out), ids, bad, source, fresh=set())
@@ -441,7 +442,7 @@ def test_batch_generate_on_s3(s3_server, cluster):
     ids, bad = write_input(source, sha)
     every = set(ids.values())
 
-    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", out, "--batch-size", "32")
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", out, "--batch-size", "32", *ON_RAY)
     assert result.exit_code == 1 and "written           200" in result.output, result.output
     assert set(storage.list_dir(out)) == every | {manifest.MANIFEST_DIR, "_logs"}
     check_manifest(out, ids, bad, source, fresh=every)
@@ -449,7 +450,7 @@ def test_batch_generate_on_s3(s3_server, cluster):
         check = runner.invoke(app, ["validate-adapter", storage.join(out, adapter_id)])
         assert check.exit_code == 0, check.output
 
-    result = batch_generate(s3_server.uri("factory/*.jsonl"), "--checkpoint", ckpt_uri, "--out", out)
+    result = batch_generate(s3_server.uri("factory/*.jsonl"), "--checkpoint", ckpt_uri, "--out", out, *ON_RAY)
     assert result.exit_code == 1 and "written             0" in result.output and "skipped           200" in result.output
     check_manifest(out, ids, bad, source, fresh=set())
 
@@ -465,7 +466,7 @@ def test_killed_run_is_completed_by_a_rerun(tmp_path, tiny_ckpt, cluster):
     complete = kill_midway(["batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out), "--batch-size", "2"],
                            out, tmp_path / "killed.log", env, start_new_session=True)
 
-    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out))
+    result = batch_generate(source, "--checkpoint", ckpt_uri, "--out", str(out), *ON_RAY)
     assert result.exit_code == 0, result.output
     assert folders(out) == every and all(adapters.is_complete(str(out / i)) for i in every)
     assert_no_stray_files(out)

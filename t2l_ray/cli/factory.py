@@ -60,7 +60,7 @@ def batch_generate(
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="Longest description accepted (default 4000)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bfloat16, float16 or float32 (default bfloat16)."),
     in_process: bool = typer.Option(False, "--local", help="Run every stage in this process, without Ray (jobs of at "
-                                    "most in_process_max adapters, 64, always do unless RAY_ADDRESS is set)."),
+                                    "most in_process_max adapters, 256, always do unless RAY_ADDRESS is set)."),
     config_path: Optional[str] = typer.Option(None, "--config", help="YAML file of factory settings (e.g. num_gpus)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a setting, e.g. --set num_gpus=1."),
     verbose: bool = VerboseOption,
