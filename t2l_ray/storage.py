@@ -222,12 +222,6 @@ def sha256(uri: str) -> str:
     return digest.hexdigest()
 
 
-def absolute(uri: str) -> str:
-    """A local path made absolute (in this process's working directory); URIs unchanged. Paths cross to Ray
-    tasks only in this form: a task's working directory is not the driver's."""
-    return uri if _split(uri)[0] is not None else os.path.abspath(uri)
-
-
 def check_writable_folder(uri: str) -> None:
     """Make sure `uri` is, or can become, a folder this process can write to: a probe file is written in it
     and deleted. Raises ValueError naming `uri` and the reason (a regular file, no permission, no bucket)."""

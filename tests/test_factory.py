@@ -110,11 +110,14 @@ def batch_generate(*args: str):
 
 
 def assert_no_stray_files(out: Path) -> None:
-    """Every adapter folder holds exactly the contract's files; the manifest folder only run files."""
+    """Every adapter folder holds exactly the contract's files; the manifest folder only run files, the log
+    folder only the log."""
     for folder in out.iterdir():
         names = {p.name for p in folder.iterdir()}
         if folder.name == manifest.MANIFEST_DIR:
             assert all(re.fullmatch(r"run-.*-\d{4}\.jsonl", n) for n in names), names
+        elif folder.name == "_logs":
+            assert names == {"t2l-ray.log"}, names
         else:
             assert names == set(adapters.REQUIRED_FILES), (folder.name, names)
 

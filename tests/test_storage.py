@@ -299,13 +299,6 @@ def test_check_writable_folder(root):
     assert storage.read_bytes(blocker) == b"keep me"
 
 
-def test_absolute_resolves_local_paths_only(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert storage.absolute("out/x") == str(tmp_path / "out" / "x")
-    assert storage.absolute("/abs") == "/abs"
-    assert storage.absolute("s3://b/rel") == "s3://b/rel" and storage.absolute("file:///d") == "file:///d"
-
-
 # --- local atomicity --------------------------------------------------------------------------
 
 

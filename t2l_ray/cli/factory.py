@@ -52,8 +52,7 @@ def batch_generate(
                                      help="JSONL file, folder of .jsonl, glob, or URI; one {description, id?, metadata?} per line.",
                                      callback=local()),
     checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI).", callback=local()),
-    out: str = typer.Option(..., "--out", help="Parent folder: adapters go to OUT/ID/, the manifest to OUT/_manifest/.",
-                            callback=local()),
+    out: str = typer.Option(..., "--out", help="Parent folder: adapters go to OUT/ID/, the manifest to OUT/_manifest/."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Descriptions per hypernet forward (default 32)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Encoder and hypernet actors per stage (default 1)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first bad line; nothing after it is written."),
@@ -67,22 +66,26 @@ def batch_generate(
 ):
     """Generate one adapter per line of a JSONL file (on Ray, or here for small jobs); exit 1 when any line failed.
 
-    Ray's logs go to OUT/_logs/t2l-ray.log (named in the summary)."""
+    Ray's logs go to OUT/_logs/t2l-ray.log (named in the summary). OUT keeps the form you gave it in the manifest
+    and the summary; the stages get its absolute form (`FactoryJob.work_out`)."""
     started = _command_start()
     from t2l_ray import storage
-    from t2l_ray.factory import FactoryConfig, run_factory
+    from t2l_ray.factory import FactoryConfig, check_job, run_job
 
     config = load_checked(FactoryConfig, config_path,
                           [*overrides, *_overrides(batch_size, concurrency, max_chars, dtype, fail_fast, in_process)])
-    with capture(storage.join(out, "_logs"), verbose) as console:
+    try:
+        job = check_job(input_spec, checkpoint, out, config)  # before the log exists: one line, nothing made
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    with capture(storage.join(job.out, "_logs"), verbose) as console:
         bar = console.progress("batch-generate", "line")
 
         def on_row(row: dict) -> None:  # the rate counts adapters made now, not lines settled by the plan
             bar.update(1) if row["status"] == "written" else bar.skip(1)
 
         try:
-            summary = run_factory(input_spec, checkpoint, out, config, on_plan=lambda plan: bar.reset(plan.total),
-                                  on_row=on_row, started_at=started)
+            summary = run_job(job, on_plan=lambda plan: bar.reset(plan.total), on_row=on_row, started_at=started)
         except (FileNotFoundError, ValueError) as error:
             fail(str(error))
         finally:

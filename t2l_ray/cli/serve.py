@@ -21,7 +21,8 @@ def _url(host: str, port: int, route_prefix: str) -> str:
 
 def serve_command(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Hypernet checkpoint folder (path or URI).", callback=local()),
-    out: str = typer.Option(..., "--out", help="Store for adapters: POST /v1/adapters writes OUT/ID/.", callback=local()),
+    out: str = typer.Option(..., "--out", help="Store for adapters: POST /v1/adapters writes OUT/ID/ (answers name "
+                                               "folders by OUT as given; build_app makes it absolute for the replicas)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address the HTTP proxy binds (0.0.0.0 exposes it)."),
     port: int = typer.Option(8000, "--port", help="HTTP port."),
     config_path: Optional[str] = typer.Option(None, "--config", help="YAML of serve settings (replicas, batching, limits)."),
@@ -54,7 +55,7 @@ def serve_command(
     if not 0 < port < 65536:
         fail(f"--port must be in 1..65535, not {port}")
 
-    with capture(storage.join(out, "_logs"), verbose) as console:
+    with capture(storage.join(out, "_logs"), verbose) as console:  # the driver's own file: OUT as given
         _serve(console, checkpoint, out, host, port, config, build_app)
 
 

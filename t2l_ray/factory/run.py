@@ -1,4 +1,5 @@
-"""`run_factory`: check everything on the driver, plan, then run the stages here or on Ray and record rows.
+"""`check_job` checks everything on the driver and plans; `run_job` runs the stages here or on Ray and records
+rows; `run_factory` is both.
 
 Before any work starts, the driver checks what it can, and each problem raises ValueError or
 FileNotFoundError with one line naming the thing and the reason: the settings, the checkpoint (its
@@ -12,11 +13,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from t2l_ray import manifest, storage
 from t2l_ray.checkpoint import read_checkpoint_config, verify_checkpoint
+from t2l_ray.config import local_path
 from t2l_ray.factory.config import FactoryConfig
 from t2l_ray.factory.plan import Plan, follower_row, input_files, plan_run
 from t2l_ray.factory.stages import in_process_stages, ray_pipeline, stage_items
@@ -38,33 +41,56 @@ def runs_in_process(config: FactoryConfig, adapters_to_make: int) -> bool:
     return not address and adapters_to_make <= config.in_process_max and not config.resources and gpu_here
 
 
-def run_factory(
-    input_spec: str,
-    checkpoint: str,
-    out: str,
-    config: FactoryConfig | None = None,
-    on_row: Callable[[dict], None] | None = None,
-    on_plan: Callable[[Plan], None] | None = None,
-    started_at: float | None = None,
-) -> FactorySummary:
-    """Make one adapter per good line of `input_spec` under `out`, recording every line in a new manifest file.
+@dataclass
+class FactoryJob:
+    """A run checked and planned on the driver, with nothing made yet (`check_job`); `run_job` makes it."""
 
-    `out` appears in the manifest and messages as given; the stages get its absolute form. `on_plan` sees
-    the plan before any adapter is made, `on_row` every manifest row as it is recorded (the CLI draws its
-    progress bar with them). `started_at` (time.time() when the command started; default now) is where the
-    wall rate's clock starts. Raises FileNotFoundError / ValueError before any work for a missing or empty
-    input, a damaged checkpoint, an unusable `out` or bad settings; bad lines never raise.
-    """
-    started = time.time() if started_at is None else started_at
+    checkpoint: str  # absolute when local: stages may run in other processes
+    checkpoint_config: dict
+    out: str  # as the user gave it: the manifest and the messages name folders by it
+    work_out: str  # its absolute form, where the stages write
+    config: FactoryConfig
+    plan: Plan
+    in_process: bool
+
+
+def check_job(input_spec: str, checkpoint: str, out: str, config: FactoryConfig | None = None) -> FactoryJob:
+    """Check everything that can be checked before any work and plan the run (see the module docstring).
+
+    Raises FileNotFoundError / ValueError with one line for a missing or empty input, a damaged checkpoint,
+    an unusable `out` or bad settings; bad lines never raise."""
     config = config or FactoryConfig()
     config.check()
     checkpoint_config = read_checkpoint_config(checkpoint)
     plan = plan_run(input_files(input_spec), out, checkpoint_config["weights_sha256"], config)
-    local = runs_in_process(config, len(plan.todo))
+    in_process = runs_in_process(config, len(plan.todo))
     if plan.todo:
         verify_checkpoint(checkpoint)
     storage.check_writable_folder(out)
-    run_stages = in_process_stages(storage.absolute(checkpoint), checkpoint_config, config) if plan.todo and local else None
+    return FactoryJob(local_path(checkpoint), checkpoint_config, out, local_path(out), config, plan, in_process)
+
+
+def run_factory(input_spec: str, checkpoint: str, out: str, config: FactoryConfig | None = None,
+                on_row: Callable[[dict], None] | None = None, on_plan: Callable[[Plan], None] | None = None,
+                started_at: float | None = None) -> FactorySummary:
+    """Make one adapter per good line of `input_spec` under `out`, recording every line in a new manifest file:
+    `check_job`, then `run_job`."""
+    started = time.time() if started_at is None else started_at
+    return run_job(check_job(input_spec, checkpoint, out, config), on_row, on_plan, started)
+
+
+def run_job(job: FactoryJob, on_row: Callable[[dict], None] | None = None,
+            on_plan: Callable[[Plan], None] | None = None, started_at: float | None = None) -> FactorySummary:
+    """Make the job's adapters, here or on Ray, and record every line of its plan in a new manifest file.
+
+    `on_plan` sees the plan before any adapter is made, `on_row` every manifest row as it is recorded (the CLI
+    draws its progress bar with them). `started_at` (time.time() when the command started; default now) is
+    where the wall rate's clock starts."""
+    started = time.time() if started_at is None else started_at
+    config, plan, out = job.config, job.plan, job.out
+    run_stages = None
+    if plan.todo and job.in_process:
+        run_stages = in_process_stages(job.checkpoint, job.checkpoint_config, config)
     if on_plan is not None:
         on_plan(plan)
     summary = FactorySummary(lines=plan.lines, stopped_at=plan.stopped_at, batch_size=config.batch_size)
@@ -85,11 +111,11 @@ def run_factory(
         for row in plan.rows:
             record_with_followers(row)
         if plan.todo:
-            items = stage_items(plan.todo, storage.absolute(out), out)
-            if local:
+            items = stage_items(plan.todo, job.work_out, out)
+            if run_stages is not None:
                 summary.where, results = "this process", run_stages(items)
             else:
-                summary.where, results = "Ray", _on_ray(items, storage.absolute(checkpoint), checkpoint_config, config)
+                summary.where, results = "Ray", _on_ray(items, job.checkpoint, job.checkpoint_config, config)
             for result in results:
                 failed = result["status"] == "failed"
                 record_with_followers(manifest.manifest_row(
