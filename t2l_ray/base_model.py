@@ -108,3 +108,12 @@ def save_base(model, dtype: str | torch.dtype, tokenizer_dir: str, uri: str) -> 
         files = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
     storage.write_folder(uri, files, commit_file="config.json")
     return uri
+
+
+def run_shapes(model, target_modules, dtype: str | torch.dtype, tokenizer_dir: str, base_uri: str):
+    """The target shapes a run's adapters are written with: a random base is saved at `base_uri` (see
+    `save_base`) and named there; a pretrained base keeps its name."""
+    shapes = target_shapes(model, target_modules)
+    if model.init != "random":
+        return shapes
+    return dataclasses.replace(shapes, base_model=save_base(model, dtype, tokenizer_dir, base_uri))

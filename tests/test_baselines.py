@@ -52,11 +52,14 @@ def test_oracle_and_multitask_loras_pass_the_contract_and_learn(ray_cluster, tmp
     assert run_baselines(cfg) == str(out)
 
     assert sorted(p.name for p in (out / "oracle").iterdir()) == sorted(tasks)
+    # On a random base every LoRA names the base's saved copy (its config, weights and tokenizer), not the preset.
+    assert (out / "base" / "config.json").is_file() and (out / "base" / "tokenizer.json").is_file()
     ratios = []
     for task in tasks:
         folder = out / "oracle" / task
-        report = adapters.validate_adapter(str(folder))
+        report = adapters.validate_adapter(str(folder), base_model=str(out / "base"))
         assert report.ok, (task, report.errors)
+        assert json.loads((folder / adapters.CONFIG_FILE).read_text())["base_model_name_or_path"] == str(out / "base")
         meta = json.loads((folder / adapters.META_FILE).read_text())
         assert meta["kind"] == "oracle" and meta["task"] == task
         assert meta["descriptions"] == suite.descriptions.train[task]  # what reconstruction reads
@@ -66,7 +69,7 @@ def test_oracle_and_multitask_loras_pass_the_contract_and_learn(ray_cluster, tmp
         ratios.append(rows[-1]["loss"] / rows[0]["loss"])
     assert sum(ratios) / len(ratios) < 0.9, ratios
 
-    report = adapters.validate_adapter(str(out / "multitask"))
+    report = adapters.validate_adapter(str(out / "multitask"), base_model=str(out / "base"))
     assert report.ok, report.errors
     meta = json.loads((out / "multitask" / adapters.META_FILE).read_text())
     assert meta["kind"] == "multitask" and meta["tasks"] == sorted(tasks)

@@ -14,7 +14,7 @@ from t2l_ray.data.suite import build_suite
 from t2l_ray.packing import lora_key
 from t2l_ray.shapes import BaseShapes, ModuleShape
 from t2l_ray.train.config import TrainConfig
-from t2l_ray.data.library import LibraryError, load_targets, scan_library
+from t2l_ray.data.library import LibraryError, library_base, load_targets, scan_library
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 256}
@@ -50,6 +50,16 @@ def write_peft_folder(uri, weights, rank, alpha, rslora, meta=None):
 
 def delta_w(a, b, scale):
     return scale * torch.einsum("lor,lri->loi", b, a)
+
+
+def test_library_base_is_the_one_base_its_loras_name(tmp_path):
+    weights = random_lora(torch.Generator().manual_seed(0))
+    write_peft_folder(str(tmp_path / "lib" / "a"), weights, 8, 16, False)
+    write_peft_folder(str(tmp_path / "lib" / "b"), weights, 8, 16, False)
+    assert library_base(scan_library(str(tmp_path / "lib"))) == SHAPES.base_model
+    config = tmp_path / "lib" / "b" / adapters.CONFIG_FILE  # a LoRA made for another base: no one name
+    config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": "/runs/demo/base"}))
+    assert library_base(scan_library(str(tmp_path / "lib"))) is None
 
 
 def test_targets_fold_each_folders_peft_scale(tmp_path):

@@ -172,3 +172,9 @@ def check_library(cfg, entries: dict[str, LibraryEntry], shapes: BaseShapes) -> 
                             "compares A and B directly; use target=delta_w for other ranks)")
     if problems:
         raise LibraryError(f"library {cfg.reconstruction.library} does not fit this recipe:\n  " + "\n  ".join(problems[:10]))
+
+
+def library_base(entries: dict[str, LibraryEntry]) -> str | None:
+    """The base every LoRA of the library names (`base_model_name_or_path`), or None when they differ."""
+    bases = {entry.config.get("base_model_name_or_path") for entry in entries.values()}
+    return bases.pop() if len(bases) == 1 else None

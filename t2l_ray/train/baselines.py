@@ -44,7 +44,7 @@ from collections.abc import Callable
 import torch
 
 from t2l_ray import adapters, storage
-from t2l_ray.base_model import build_base_model, target_shapes, tokenizer_overrides
+from t2l_ray.base_model import build_base_model, run_shapes, tokenizer_overrides
 from t2l_ray.config import from_dict, to_dict
 from t2l_ray.data.tokenizer import open_tokenizer
 from t2l_ray.hypernet import LoraWeights
@@ -367,7 +367,8 @@ def run_baselines(cfg: BaselineRecipe, on_plan: Callable[[dict], None] | None = 
         tokenizer_dir, vocab_size = prepare_tokenizer(cfg, tasks, out, scratch)
         tokenizer = storage.join(out, "tokenizer") if cfg.model.tokenizer == "train" else tokenizer_dir
         cfg.model.config_overrides = tokenizer_overrides(cfg.model, vocab_size)
-        shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
+        shapes = run_shapes(cfg.model, cfg.hypernet.target_modules, compute_dtype(cfg), tokenizer_dir,
+                            storage.join(out, "base"))  # LoRAs on a random base name its saved copy
         todo = [t for t in tasks if not adapters.is_complete(storage.join(out, "oracle", t.name))] \
             if b.mode in ("oracle", "both") else []  # re-runs skip the oracle LoRAs already written
         if on_plan is not None:

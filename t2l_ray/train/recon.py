@@ -6,7 +6,8 @@ the (small) library itself, and each micro-batch samples `data.tasks_per_batch` 
 description of each, seeded by (run seed, rank, step, micro-batch), so a resumed run sees the very batches
 it would have seen. The loss is `objectives.reconstruction_loss`: L1 on delta-W (default) or on A and B
 (`reconstruction.target=ab`, which needs the library's rank to equal the hypernet's). No base model is
-loaded: reconstruction never runs the LM.
+loaded: reconstruction never runs the LM. On a random base (`model.init: random`) the hypernet, so every
+adapter it makes, names the base the library's LoRAs name (train-lora's saved `base/`), not the preset.
 
 The run folder is the one every hypernet run writes (`common.py`); its metrics rows add `delta_w_l1` and
 `delta_w_rel`, measured without dropout over the first `EVAL_TASKS` library tasks at every log step.
@@ -14,6 +15,7 @@ The run folder is the one every hypernet run writes (`common.py`); its metrics r
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from collections.abc import Callable, Generator
@@ -22,7 +24,7 @@ import torch
 
 from t2l_ray import storage
 from t2l_ray.base_model import target_shapes
-from t2l_ray.data.library import LibraryEntry, check_library, library_descriptions, load_targets, scan_library, select_library
+from t2l_ray.data.library import LibraryEntry, check_library, library_base, library_descriptions, load_targets, scan_library, select_library
 from t2l_ray.hypernet import LoraWeights
 from t2l_ray.shapes import BaseShapes
 from t2l_ray.train.config import TrainConfig
@@ -108,6 +110,8 @@ class Reconstruction:
         shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
         entries = select_library(cfg, scan_library(cfg.reconstruction.library), scratch)
         check_library(cfg, entries, shapes)
+        if cfg.model.init == "random" and (base := library_base(entries)):  # the base the targets were made for
+            shapes = dataclasses.replace(shapes, base_model=base)
         descriptions = library_descriptions(cfg, entries, scratch)
         texts = sorted({t for values in descriptions.values() for t in values})
         embeddings_uri = cache_uri(run_dir, cfg.encoder)

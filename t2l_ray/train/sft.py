@@ -9,13 +9,12 @@ checkpoint's epoch and position (`resumable`); the loss is `objectives.sft_loss`
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Generator, Iterable
 
 import torch
 
 from t2l_ray import storage
-from t2l_ray.base_model import build_base_model, save_base, target_shapes, tokenizer_overrides
+from t2l_ray.base_model import build_base_model, run_shapes, tokenizer_overrides
 from t2l_ray.train.config import TrainConfig
 from t2l_ray.train.engine import compute_dtype
 from t2l_ray.train.loop import Plan
@@ -61,10 +60,8 @@ class SFT:
             max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
             seed=cfg.run.seed,
         )
-        shapes = target_shapes(cfg.model, cfg.hypernet.target_modules)
-        if cfg.model.init == "random":  # the hypernet, so every adapter, names the saved base
-            base = save_base(cfg.model, compute_dtype(cfg), data.tokenizer_dir, storage.join(run_dir, "base"))
-            shapes = dataclasses.replace(shapes, base_model=base)
+        shapes = run_shapes(cfg.model, cfg.hypernet.target_modules, compute_dtype(cfg), data.tokenizer_dir,
+                            storage.join(run_dir, "base"))  # the hypernet, so every adapter, names a random base's copy
         return Plan(shapes, data.encoder_dim, datasets={"train": dataset})
 
     def __init__(self, cfg: TrainConfig, config: dict, rank: int, device: torch.device):
