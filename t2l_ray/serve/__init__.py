@@ -7,11 +7,11 @@ The ingress deployment, `AdapterService`, with a FastAPI app:
 - `POST /v1/adapters`  `{"description": ..., "id": optional}` or `{"items": [{"description", "id"?}, ...]}`,
   plus `"return": "uri"` (default: written to `{out}/{id}/`, ids and URIs returned) or `"inline"` (the
   files, base64, in the response; nothing written). Every description of every request waiting in the
-  replica goes through one `@serve.batch` method, so concurrent requests share one encoder pass and one
+  replica goes into the next batch (`batcher.Batcher`), so concurrent requests share one encoder pass and one
   hypernet forward (`Generator.render`, the path `generate` and the factory use); each result reports
-  the `batch_size` of the forward it came from.
+  the `batch_size` of the forward it came from. Hashing and writes run on threads, off the batch path.
 - `GET /v1/adapters/{id}`  the adapter's `t2l_meta.json` and a summary of its `adapter_config.json`.
-- `GET /v1/info`  checkpoint, encoder, shapes and the request limits.
+- `GET /v1/info`  checkpoint, encoder, shapes, the request limits and `stats` (batches, `mean_batch_size`, ...).
 - `GET /healthz`, and FastAPI's `/openapi.json` and `/docs` (these three need no token).
 - With a base model (`--base-model` / `base_model`), OpenAI-compatible routes (`chat_routes`):
   `POST /v1/chat/completions` (`stream: true` as server-sent events), `POST /v1/completions`, `GET /v1/models`.
@@ -38,7 +38,8 @@ The package, one job per module:
 - `gate`        ASGI gate (bearer token, body cap) and the error handlers; `v1_router()` for token routes;
 - `jobs`        a request -> one Job per description (limits, `request_rule`), batches rendered in isolation;
 - `routes`      the health and adapter routers; `api` composes the gate and `api.ROUTERS` into one FastAPI app;
-- `deployment`  AdapterService: holds the Generator, the `@serve.batch` queue and the store;
+- `batcher`     the batching queue: a batch forms when the forward is free, from everything that waited;
+- `deployment`  AdapterService: holds the Generator, the batching queue and the store;
 - `app`         `build_app`, the Serve application builder;
 - `openai_schema`, `chat_routes`  the OpenAI-compatible bodies and routes (JSON and server-sent events);
 - `chat_front`  the ingress side of chat: `model` -> adapter id (404, or made for `t2l:`), multiplexed handles;

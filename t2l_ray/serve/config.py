@@ -20,15 +20,17 @@ class ServeConfig:
     max_replicas: int = doc("Most replicas; above min_replicas turns autoscaling on.", 1)
     initial_replicas: Optional[int] = doc("Replicas at start when autoscaling (default: min_replicas).", None)
     target_ongoing_requests: float = doc("Autoscaling target: ongoing requests per replica.", 16.0)
-    max_ongoing_requests: int = doc("Requests one replica works on at once; must be >= max_batch_size.", 64)
+    max_ongoing_requests: int = doc("Requests one replica works on at once; must be >= max_batch_size (2x lets a "
+                                    "full batch gather while one runs).", 64)
     max_queued_requests: int = doc("Requests queued per caller before 503s (-1: no limit).", -1)
     num_cpus: float = doc("CPUs reserved per replica.", 1.0)
     num_gpus: float = doc("GPUs per replica (0: CPU; fractions share a GPU). The hypernet and encoder use it.", 0.0)
     resources: dict[str, float] = doc("Custom Ray resources per replica, e.g. {serve_gpu: 1}.", default_factory=dict)
     env_vars: dict[str, str] = doc("Environment variables for replicas (runtime_env), e.g. storage endpoints. "
                                    "Visible in the dashboard: prefer node environment for secrets.", default_factory=dict)
-    max_batch_size: int = doc("Most descriptions in one batched hypernet forward (across requests).", 32)
-    batch_wait_timeout_s: float = doc("How long a batch waits to fill before it runs.", 0.01)
+    max_batch_size: int = doc("Most descriptions in one batched hypernet forward (across requests; 1: no batching).", 32)
+    batch_wait_timeout_s: float = doc("How long the oldest waiting description waits for its batch to fill when the "
+                                      "hypernet is idle (under load a batch takes what waited during the last one).", 0.01)
     max_chars: int = doc("Longest description accepted, in characters.", 4000)
     max_descriptions: int = doc("Most descriptions in one request.", 64)
     max_inline_descriptions: int = doc("Most descriptions in one `return: inline` request (0: inline off).", 8)

@@ -1,12 +1,13 @@
 """The deployment: `AdapterService`, one replica holding the checkpoint's hypernet and encoder (the
-`Generator`), a `@serve.batch` queue in front of it, and the store at `out`.
+`Generator`), a batching queue in front of it (`batcher.Batcher`), and the store at `out`.
 
-Every description waiting in the replica, across requests, goes through `generate`: one encoder pass and
+Every description waiting in the replica, across requests, goes into the next batch: one encoder pass and
 one hypernet forward (`Generator.render`, the path `generate` and the factory use); each result reports the
-`batch_size` of the forward it came from. A complete adapter already at `{out}/{id}/` from the same
-description and checkpoint is returned as `exists` without generating it again; one from another
-description or checkpoint is a 409 conflict, never overwritten. Per-id locks keep concurrent requests in
-one replica from writing the same folder at once (replicas do not coordinate with each other).
+`batch_size` of the forward it came from. The batch path does only that; hashing and writing each adapter
+run afterwards on threads, per request, while the next batch is generated. A complete adapter already at
+`{out}/{id}/` from the same description and checkpoint is returned as `exists` without generating it again;
+one from another description or checkpoint is a 409 conflict, never overwritten. Per-id locks keep
+concurrent requests in one replica from writing the same folder at once (replicas do not coordinate).
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ from t2l_ray import adapters, storage
 from t2l_ray.config import ConfigError, from_dict, to_dict
 from t2l_ray.request_rule import check_adapter_id, weights_digest
 from t2l_ray.serve.api import ROUTERS, build_api
+from t2l_ray.serve.batcher import Batcher
 from t2l_ray.serve.chat_front import ChatFront
 from t2l_ray.serve.chat_routes import openai_router
 from t2l_ray.serve.config import RECONFIGURABLE, ServeConfig
 from t2l_ray.serve.gate import TOKEN_ENV, ApiError, bearer_matches, token_digest
 from t2l_ray.serve.jobs import Job, Outcome, jobs_for, render_isolated
 from t2l_ray.serve.locks import KeyedLocks
-from t2l_ray.serve.schema import AdapterInfo, AdapterResult, CreateAdaptersRequest, CreateAdaptersResponse, ServiceInfo
+from t2l_ray.serve.schema import (
+    AdapterInfo,
+    AdapterResult,
+    CreateAdaptersRequest,
+    CreateAdaptersResponse,
+    ServiceInfo,
+    ServiceStats,
+)
 
 
 def replica_device() -> str:
@@ -74,9 +83,10 @@ class AdapterService:
         own = os.environ.get(TOKEN_ENV) or None
         self._token_sha256 = token_sha256 or (token_digest(own) if own else None)
         self._locks = KeyedLocks()
-        self.stats = {"batches": 0, "descriptions": 0, "largest_batch": 0, "written": 0}
+        self.batcher: Batcher[Job, Outcome] = Batcher(self._render, self.config.max_batch_size,
+                                                      self.config.batch_wait_timeout_s)
+        self.written = 0
         self.chat = ChatFront(self, chat) if chat is not None else None
-        self._apply_batching()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self, ROUTERS + ((openai_router,) if self.chat else ()))
@@ -90,11 +100,7 @@ class AdapterService:
         config = from_dict(ServeConfig, data, "user_config")
         config.check()
         self.config = config
-        self._apply_batching()
-
-    def _apply_batching(self) -> None:
-        self.generate.set_max_batch_size(self.config.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self.batcher.max_batch_size, self.batcher.wait_s = config.max_batch_size, config.batch_wait_timeout_s
 
     def check_health(self) -> None:
         if self.generator is None:
@@ -103,19 +109,14 @@ class AdapterService:
     def authorized(self, header: str | None) -> bool:
         return bearer_matches(header, self._token_sha256)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def generate(self, jobs: list[Job]) -> list[Outcome]:
-        """All descriptions queued in this replica, across requests: one encoder pass, one hypernet forward."""
-        outcomes = await asyncio.to_thread(render_isolated, self.generator, jobs)
-        self.stats["batches"] += 1
-        self.stats["descriptions"] += len(jobs)
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(jobs))
-        return outcomes
+    async def _render(self, jobs: list[Job]) -> list[Outcome]:
+        """One batch: the descriptions waiting in this replica, across requests: one encoder pass, one forward."""
+        return await asyncio.to_thread(render_isolated, self.generator, jobs)
 
     # -- requests
 
     async def _generate_all(self, jobs: list[Job]) -> dict[str, Outcome]:
-        outcomes = await asyncio.gather(*(self.generate(job) for job in jobs))
+        outcomes = await asyncio.gather(*(self.batcher.submit(job) for job in jobs))
         failed = [(job, o) for job, o in zip(jobs, outcomes) if o.error is not None]
         if failed:
             job, outcome = failed[0]
@@ -130,12 +131,9 @@ class AdapterService:
         results: dict[str, AdapterResult] = {}
         if body.return_ == "inline":
             outcomes = await self._generate_all(unique)
-            encoded = await asyncio.to_thread(
-                lambda: {i: {n: base64.b64encode(d).decode() for n, d in o.files.files.items()} for i, o in outcomes.items()}
-            )
-            for job in unique:
-                outcome = outcomes[job.adapter_id]
-                results[job.adapter_id] = self._result(job, "inline", None, outcome, files=encoded[job.adapter_id])
+            encoded = await asyncio.gather(*(asyncio.to_thread(_encoded, outcomes[job.adapter_id]) for job in unique))
+            for job, (digest, files) in zip(unique, encoded):
+                results[job.adapter_id] = self._result(job, "inline", None, outcomes[job.adapter_id], digest, files)
             return CreateAdaptersResponse(adapters=[results[j.adapter_id] for j in jobs], checkpoint_sha256=sha)
 
         folders = {job.adapter_id: storage.join(self.out, job.adapter_id) for job in unique}
@@ -157,23 +155,23 @@ class AdapterService:
             todo = [job for job, state in zip(unique, states) if state is None]
             outcomes = await self._generate_all(todo)
             writes = await asyncio.gather(
-                *(asyncio.to_thread(adapters.write_adapter, folders[job.adapter_id], outcomes[job.adapter_id].files)
-                  for job in todo),
+                *(asyncio.to_thread(_written, folders[job.adapter_id], outcomes[job.adapter_id]) for job in todo),
                 return_exceptions=True,
             )
         failed = [(job, error) for job, error in zip(todo, writes) if isinstance(error, BaseException)]
-        self.stats["written"] += len(todo) - len(failed)
+        self.written += len(todo) - len(failed)
         if failed:
             job, error = failed[0]
             raise ApiError(500, f"writing {len(failed)} of {len(todo)} adapter(s) failed; first: "
                                 f"{shown[job.adapter_id]}: {type(error).__name__}: {error}")
-        for job in todo:
-            results[job.adapter_id] = self._result(job, "written", shown[job.adapter_id], outcomes[job.adapter_id])
+        for job, digest in zip(todo, writes):
+            results[job.adapter_id] = self._result(job, "written", shown[job.adapter_id], outcomes[job.adapter_id], digest)
         return CreateAdaptersResponse(adapters=[results[j.adapter_id] for j in jobs], checkpoint_sha256=sha)
 
     @staticmethod
-    def _result(job: Job, status: str, uri: str | None, outcome: Outcome, files: dict | None = None) -> AdapterResult:
-        size, sha = weights_digest(outcome.files.files[adapters.WEIGHTS_FILE])
+    def _result(job: Job, status: str, uri: str | None, outcome: Outcome, digest: tuple[int, str],
+                files: dict | None = None) -> AdapterResult:
+        size, sha = digest
         return AdapterResult(id=job.adapter_id, status=status, uri=uri, description=job.description,
                              weights_bytes=size, sha256=sha, batch_size=outcome.batch_size, files=files)
 
@@ -206,7 +204,21 @@ class AdapterService:
             encoder=self.generator.checkpoint.encoder, base_model=model.shapes.base_model, rank=model.config.rank,
             target_modules=[m.name for m in model.shapes.modules], device=self.device, out=self.shown_out,
             limits={k: getattr(cfg, k) for k in RECONFIGURABLE},
-            stats=dict(self.stats),
+            stats=ServiceStats(batches=self.batcher.stats.batches, descriptions=self.batcher.stats.items,
+                               mean_batch_size=round(self.batcher.stats.mean, 3),
+                               largest_batch=self.batcher.stats.largest, written=self.written),
             chat={"base_model": cfg.base_model, "base_name": cfg.base_name, "replicas": cfg.chat_replicas,
                   "max_adapters_per_replica": cfg.max_adapters_per_replica} if self.chat else None,
         )
+
+
+def _written(folder: str, outcome: Outcome) -> tuple[int, str]:
+    """Write one adapter and hash its weights, on a worker thread (both release the GIL): (bytes, sha256)."""
+    adapters.write_adapter(folder, outcome.files)
+    return weights_digest(outcome.files.files[adapters.WEIGHTS_FILE])
+
+
+def _encoded(outcome: Outcome) -> tuple[tuple[int, str], dict[str, str]]:
+    """(bytes, sha256) of the weights and the files as base64, on a worker thread, for `return: inline`."""
+    files = {name: base64.b64encode(data).decode() for name, data in outcome.files.files.items()}
+    return weights_digest(outcome.files.files[adapters.WEIGHTS_FILE]), files

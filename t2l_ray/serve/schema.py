@@ -71,6 +71,17 @@ class AdapterInfo(BaseModel):
     config: dict[str, Any] = Field(..., description="The main fields of adapter_config.json.")
 
 
+class ServiceStats(BaseModel):
+    """What this replica has done since it started (each replica counts its own)."""
+
+    batches: int = Field(..., description="Batches run: one encoder pass and one hypernet forward each.")
+    descriptions: int = Field(..., description="Descriptions generated in those batches (`exists` answers are not).")
+    mean_batch_size: float = Field(..., description="descriptions / batches (0 before the first): how full batches "
+                                                    "are under load; 1 means every description ran alone.")
+    largest_batch: int = Field(..., description="Most descriptions in one batch (at most max_batch_size).")
+    written: int = Field(..., description="Adapters written to the store.")
+
+
 class ServiceInfo(BaseModel):
     checkpoint: str
     checkpoint_sha256: str
@@ -81,7 +92,7 @@ class ServiceInfo(BaseModel):
     device: str
     out: str
     limits: dict[str, int | float]
-    stats: dict[str, int | float]
+    stats: ServiceStats = Field(..., description="Batching and write counters of the replica that answered.")
     chat: Optional[dict[str, Any]] = Field(None, description="The chat routes' base and adapter cache (when served).")
 
 
