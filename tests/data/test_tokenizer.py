@@ -69,7 +69,7 @@ def test_training_is_deterministic_within_and_across_processes(tmp_path):
         text=True,
         check=True,
         env={"PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert digest(tmp_path / "c") == digest(tmp_path / "a")
 

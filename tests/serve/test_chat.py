@@ -218,7 +218,7 @@ def test_jobs_serve_llm_yaml_serves_the_factorys_store_with_vllm():
     from t2l_ray.train.config import TrainConfig
 
     llm_config = pytest.importorskip("ray.llm._internal.serve.core.configs.llm_config")  # a private path of Ray 2.60
-    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    jobs = Path(__file__).resolve().parents[2] / "jobs"
     config = yaml.safe_load((jobs / "serve_llm.yaml").read_text())
     ServeDeploySchema.model_validate(config)
     (app,) = config["applications"]

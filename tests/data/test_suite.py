@@ -102,7 +102,7 @@ def test_seeded_suite_is_identical_in_another_process():
         subprocess.run(
             [sys.executable, "-c", SUITE_DIGEST, "3"],
             capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": hash_seed, "PATH": "/usr/bin:/bin"},
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[2],
         ).stdout.strip()
         for hash_seed in ("1", "2")
     ]

@@ -34,7 +34,7 @@ from t2l_ray.serve.jobs import Job, jobs_for, render_isolated
 from t2l_ray.serve.locks import KeyedLocks
 from t2l_ray.serve.schema import CreateAdaptersRequest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t2l-test-" + secrets.token_hex(8)
 LIMITS = {"max_descriptions": 8, "max_chars": 200, "max_body_bytes": 4096, "max_inline_descriptions": 4}
 LOAD_REQUESTS = 300

@@ -12,7 +12,7 @@ from t2l_ray.cli.main import COMMANDS, Group
 from t2l_ray.cli.recipes import RECIPES, config_class
 from t2l_ray.config import describe, load_config, resolve_paths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
