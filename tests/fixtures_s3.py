@@ -164,7 +164,7 @@ def s3_server(tmp_path_factory):
     Sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION=us-east-1 and AWS_ENDPOINT_URL (and
     clears AWS_ENDPOINT_URL_S3, AWS_SESSION_TOKEN and AWS_DEFAULT_REGION, which would override or
     spoil them); all are restored afterwards. Ray workers copy os.environ from the driver only at
-    `ray.init`, so a test that needs both must request `s3_server` before `ray_cluster`.
+    `ray.init`, so a test whose Ray workers use the server asks for `s3_ray_cluster` (tests/fixtures_ray.py).
     """
     with running_s3_server(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as mp:
         for name, value in server.env().items():

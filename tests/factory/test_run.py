@@ -32,12 +32,6 @@ def tiny_ckpt(tmp_path_factory):
     return uri, make_checkpoint(uri)
 
 
-@pytest.fixture
-def cluster(s3_server, ray_cluster):
-    """Ray with the S3 variables in its workers: whichever Ray test runs first, the S3 server is up before Ray."""
-    return ray_cluster
-
-
 def bad_lines(first_id: str) -> dict[int, tuple[str, str]]:
     """Line number -> (text, a phrase its error must contain), spread among the good lines."""
     return {
@@ -407,7 +401,7 @@ def kill_midway(args: list[str], out: Path, log: Path, env: dict, **popen) -> se
 
 
 @pytest.mark.slow
-def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, cluster):
+def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, ray_cluster):
     ckpt_uri, sha = tiny_ckpt
     out, source = tmp_path / "adapters", str(tmp_path / "in.jsonl")
     ids, bad = write_input(source, sha)
@@ -439,7 +433,7 @@ def test_batch_generate_local_then_rerun(tmp_path, tiny_ckpt, cluster):
 
 
 @pytest.mark.slow
-def test_batch_generate_on_s3(s3_server, cluster):
+def test_batch_generate_on_s3(s3_server, s3_ray_cluster):
     ckpt_uri, out, source = s3_server.uri("factory/ckpt"), s3_server.uri("factory/adapters"), s3_server.uri("factory/in.jsonl")
     sha = make_checkpoint(ckpt_uri, seed=1)
     ids, bad = write_input(source, sha)
@@ -459,13 +453,13 @@ def test_batch_generate_on_s3(s3_server, cluster):
 
 
 @pytest.mark.slow
-def test_killed_run_is_completed_by_a_rerun(tmp_path, tiny_ckpt, cluster):
+def test_killed_run_is_completed_by_a_rerun(tmp_path, tiny_ckpt, ray_cluster):
     """SIGKILL the CLI midway: no half-visible adapter, and a rerun finishes the job without remaking any."""
     ckpt_uri, sha = tiny_ckpt
     out, source = tmp_path / "adapters", str(tmp_path / "in.jsonl")
     ids, _ = write_input(source, sha, with_bad=False)
     every = set(ids.values())
-    env = {**os.environ, "RAY_ADDRESS": cluster.get_runtime_context().gcs_address}
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     complete = kill_midway(["batch-generate", source, "--checkpoint", ckpt_uri, "--out", str(out), "--batch-size", "2"],
                            out, tmp_path / "killed.log", env, start_new_session=True)
 
@@ -481,7 +475,7 @@ def test_killed_run_is_completed_by_a_rerun(tmp_path, tiny_ckpt, cluster):
 
 
 @pytest.mark.slow
-def test_in_process_and_ray_write_the_same_files(tmp_path, tiny_ckpt, cluster):
+def test_in_process_and_ray_write_the_same_files(tmp_path, tiny_ckpt, ray_cluster):
     ckpt_uri, _ = tiny_ckpt
     source = tmp_path / "in.jsonl"
     lines = [{"description": f"Task {i}: sort the words of a sentence by length, then by position {i}."} for i in range(5)]

@@ -109,7 +109,7 @@ def test_targets_fold_each_folders_peft_scale(tmp_path):
 
 
 @pytest.mark.slow
-def test_reconstruction_lowers_delta_w_error_and_generates_valid_adapters(ray_cluster, s3_server, tmp_path):
+def test_reconstruction_lowers_delta_w_error_and_generates_valid_adapters(s3_server, s3_ray_cluster, tmp_path):
     from t2l_ray.generator import Generator
     from t2l_ray.train.driver import run_training
 
