@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models built from configs, one local Ray cluster and one S3 server per session."""
+"""Shared fixtures, defined in tests/fixtures_*.py and registered here: tiny models built from configs, one local Ray
+cluster and one S3 server per session (each started only by the tests that use it), a two-node Ray cluster."""
 
 import os
 
@@ -9,4 +10,4 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["fixtures_models", "fixtures_ray", "fixtures_s3"]
+pytest_plugins = ["fixtures_models", "fixtures_multinode", "fixtures_ray", "fixtures_s3"]
