@@ -1,7 +1,9 @@
-"""Tiny causal LMs of the four supported families, built from configs (no download)."""
+"""Tiny models built from configs (no download): causal LMs of the four supported families, T2L hypernets and
+their checkpoints, a saved base with its tokenizer."""
 
 import pytest
 import torch
+from safetensors.torch import save
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -10,6 +12,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from t2l_ray.hypernet import HypernetConfig, TextToLoRA
+from t2l_ray.packing import lora_key
 from t2l_ray.shapes import BaseShapes, ModuleShape
 
 COMMON = dict(
@@ -51,7 +55,6 @@ def tiny_checkpoint(uri: str, seed: int = 0) -> str:
     """A tiny T2L-M checkpoint (offline MiniLM encoder) whose heads are perturbed, so adapters differ by
     description (an untrained hypernet gives B = 0 for every description)."""
     from t2l_ray import checkpoint
-    from t2l_ray.hypernet import HypernetConfig, TextToLoRA
 
     torch.manual_seed(seed)
     model = TextToLoRA(HypernetConfig(variant="M", rank=4, lora_alpha=8.0, latent=32, head_in=64), TINY_SHAPES, 384)
@@ -59,6 +62,13 @@ def tiny_checkpoint(uri: str, seed: int = 0) -> str:
         for head in model.heads.values():
             head.weight.normal_(0, 0.02)
     return checkpoint.save_checkpoint(model, "all-minilm-l6-v2", uri)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """`tiny_checkpoint` saved once per test module -> (its folder, its sha256)."""
+    uri = str(tmp_path_factory.mktemp("ckpt") / "t2l")
+    return uri, tiny_checkpoint(uri)
 
 
 def tiny_base_folder(folder) -> str:
@@ -75,3 +85,34 @@ def tiny_base_folder(folder) -> str:
                          pad_token_id=tokenizer.pad_token_id)
     AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
     return str(folder)
+
+
+# 12 layers, so "layers.10" sorts before "layers.2"; an mlp module, so parents sort too.
+PACKING_SHAPES = BaseShapes("tiny", "llama", 12, (ModuleShape("q_proj", 64, 64), ModuleShape("v_proj", 64, 32),
+                                                  ModuleShape("down_proj", 128, 64)))
+
+
+def reference_files(weights, shapes: BaseShapes, scale: float, dtype: torch.dtype) -> list[bytes]:
+    """The plain way: one tensor per key (B scaled in float32, then cast), serialised by safetensors."""
+    n = next(iter(weights.values()))[0].shape[0]
+    files = []
+    for i in range(n):
+        tensors = {}
+        for name, (a, b) in weights.items():
+            module = shapes.module(name)
+            for layer in range(shapes.num_layers):
+                tensors[lora_key(layer, module, "A")] = a[i, layer].float().to(dtype).contiguous()
+                tensors[lora_key(layer, module, "B")] = (b[i, layer].float() * scale).to(dtype).contiguous()
+        files.append(save(tensors, metadata={"format": "pt"}))
+    return files
+
+
+def tiny_hypernet(variant: str, std: float = 0.2) -> TextToLoRA:
+    """A T2L of `variant` on PACKING_SHAPES (12-dim embeddings) whose heads are perturbed, so adapters differ."""
+    torch.manual_seed(0)
+    config = HypernetConfig(variant=variant, rank=4, latent=16, head_in=32, target_modules=["q_proj", "v_proj", "down_proj"])
+    model = TextToLoRA(config, PACKING_SHAPES, 12).eval()
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.weight.normal_(0, std)
+    return model

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_packing import SHAPES, reference_files, tiny_hypernet
+from fixtures_models import PACKING_SHAPES, reference_files, tiny_hypernet
 
 from t2l_ray.render import HostBuffer, Renderer, cpu_has_bf16, forward_dtype
 
@@ -43,7 +43,7 @@ def test_forward_dtype_follows_the_device_and_the_adapter_dtype():
 def test_fp32_forward_writes_the_plain_paths_bytes(variant):
     hypernet, x = model(variant), torch.randn(20, 12)  # 20 > FORWARD_CHUNK: rows come from two forwards
     with torch.no_grad():
-        expected = reference_files(hypernet(x), SHAPES, hypernet.config.scale, torch.bfloat16)
+        expected = reference_files(hypernet(x), PACKING_SHAPES, hypernet.config.scale, torch.bfloat16)
     renderer = Renderer(hypernet, "bfloat16", "float32")
     rows = renderer.render(x)
     assert [renderer.layout.header + row.tobytes() for row in rows] == expected

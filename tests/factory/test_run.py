@@ -26,12 +26,6 @@ GOOD = 200
 ON_RAY = ("--set", "in_process_max=0")  # jobs this small would run in-process; these tests are about Ray
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    uri = str(tmp_path_factory.mktemp("ckpt") / "t2l")
-    return uri, make_checkpoint(uri)
-
-
 def bad_lines(first_id: str) -> dict[int, tuple[str, str]]:
     """Line number -> (text, a phrase its error must contain), spread among the good lines."""
     return {
