@@ -205,35 +205,6 @@ def test_fail_fast_cli_stops_at_the_first_bad_line(tmp_path, tiny_ckpt):
     assert [(row["line"], row["status"]) for row in manifest.read_rows(str(out))] == [(1, "failed")]
 
 
-def test_render_embeddings_is_the_generators_path(tiny_ckpt, minilm):
-    """Embedding first and rendering after gives the bytes of `Generator.render`, metadata added."""
-    generator = Generator(checkpoint.load_checkpoint(tiny_ckpt[0]), encoder=minilm)
-    texts, ids = ["Sort the words.", "Add the numbers."], ["sort", "add"]
-    whole = generator.render(texts, ids)
-    split = generator.render_embeddings(minilm.encode(texts), texts, ids, extra_meta=[None, {"metadata": {"k": 1}}])
-    assert [f.files[adapters.WEIGHTS_FILE] for f in whole] == [f.files[adapters.WEIGHTS_FILE] for f in split]
-    assert json.loads(split[1].files[adapters.META_FILE])["metadata"] == {"k": 1}
-
-
-def test_manifest_newest_row_wins_and_parts_roll_over(tmp_path, monkeypatch):
-    out = str(tmp_path)
-    first = manifest.ManifestWriter(out)
-    for line in (1, 2):
-        first.add(manifest.manifest_row(line, "failed", error="boom"))
-    first.flush()
-    monkeypatch.setattr(manifest, "ROWS_PER_FILE", 2)
-    second = manifest.ManifestWriter(out)
-    for line in (2, 3, 4):
-        second.add(manifest.manifest_row(line, "written", id=f"a{line}", uri="u", bytes=1, sha256="s"))
-    second.flush()
-    assert [Path(u).name[-10:] for u in second.uris] == ["0000.jsonl", "0001.jsonl"]
-    assert len(manifest.manifest_files(out)) == 3
-    latest = manifest.latest_by_line(out)
-    assert {line: row["status"] for line, row in latest.items()} == {1: "failed", 2: "written", 3: "written", 4: "written"}
-    with pytest.raises(ValueError, match="status must be one of"):
-        manifest.manifest_row(1, "done")
-
-
 def test_bad_config_and_checkpoint_exit_2(tmp_path, tiny_ckpt):
     (tmp_path / "in.jsonl").write_text('{"description": "x"}\n')
     result = batch_generate(str(tmp_path / "in.jsonl"), "--checkpoint", tiny_ckpt[0], "--out", str(tmp_path), "--batch-size", "0")
