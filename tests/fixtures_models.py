@@ -48,6 +48,15 @@ def minilm():
     return load_encoder()
 
 
+def tiny_bert(vocab_size: int, hidden_size: int = 32):
+    """A random 2-layer BERT encoder (an encoder that is not MiniLM): for the encoder specs and dimension checks."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=2 * hidden_size)).eval()
+
+
 TINY_SHAPES = BaseShapes("tiny-llama", "llama", 2, (ModuleShape("q_proj", 64, 64), ModuleShape("v_proj", 64, 32)))
 
 
