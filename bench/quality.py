@@ -1,31 +1,44 @@
 """The quality experiment: do adapters generated from a description help on tasks the hypernet never saw?
 
-    .venv/bin/python bench/quality.py [--out runs/quality] [--docs docs/results.md] [--set section.key=value ...]
+    .venv/bin/python bench/quality.py [--out runs/quality] [--docs docs/results.md] [--device cpu|cuda]
+                                      [--set section.key=value ...]
 
-T2L's comparison at a size a 2-core CPU runs in about 13 minutes, end to end through the product's own paths
-(Ray Train + DeepSpeed for every training run, the Ray Data factory for adapters, `t2l-ray eval` on Ray):
+T2L's comparison at a size a 2-core CPU runs in about 25 minutes, end to end through the product's own paths
+(Ray Train + DeepSpeed for every training run, `train-lora`'s Ray tasks for LoRAs, the Ray Data factory for
+adapters, `t2l-ray eval` on Ray):
 
-1. data      the generated suite (`t2l_ray.data.suite`) with 100 instances per task, split per task into the
-             first 70 (training) and the last 30 (evaluation, never trained on by anything), written as two
-             SNI-schema folders. 29 training tasks, 7 held-out tasks (the suite's split).
-2. base      a small Llama pretrained here, in one process, on text generated here: facts about the suite's
-             words and numbers ("apple is spelled a p p l e.", "7 times 8 is 56.", "a fox is an animal.") and
-             one instruction in the chat format the adapters are trained with (repeat the input). It knows
-             the words, the numbers and the prompt format before any adapter; it never saw a suite task.
-3. t2l       `run_training`: hypernet T2L-M on the 29 training tasks, their 5 training descriptions each.
-4. lora      `run_baselines`: one oracle LoRA per held-out task on its own 70 training examples, and one
-             multi-task LoRA over the 29 training tasks, each with T2L's optimizer steps and examples per step.
-5. adapters  `run_factory`: for each held-out task one adapter per description (its 6 descriptions, all
-             unseen: the task was held out) and as many from random strings of the same lengths.
-6. eval      `run_eval` on the 30 evaluation instances of each held-out task (ROUGE-L and exact match, greedy),
-             and on those of the 29 training tasks with adapters from their held-out descriptions.
+1. data      the compositional task space (`t2l_ray.data.taskspace`): 120 tasks, each a selector x an
+             operation x a format over four input words ("the first letter of the animal, twice"); 100
+             training tasks and 20 held-out ones, each held-out task a combination no training task has. 100
+             instances per task, split into the first 70 (training) and the last 30 (evaluation, never trained
+             on by anything), written as two SNI-schema folders; 24 training wordings per task.
+2. base      a small Llama pretrained here, in one process, on text generated here: the primitives' facts
+             ("otter is spelled o t t e r.", "otter has five letters.", "a fox is an animal.") and one
+             instruction in the chat format the adapters are trained with (repeat the input). It knows the words
+             and the prompt format before any adapter; it never saw a task of the space.
+3. t2l       `run_training` (SFT): hypernet T2L-M on the 100 training tasks and their training wordings.
+4. library   `run_baselines` (mode oracle): one LoRA per training task, the library reconstruction learns.
+5. recon     `run_training` (objective reconstruction): the same hypernet taught to reproduce the library
+             from the same descriptions, for the same steps.
+6. lora      `run_baselines`: one oracle LoRA per held-out task on its own 70 training examples, and one
+             multi-task LoRA over the training tasks, each with T2L's optimizer steps and examples per step.
+7. adapters  `run_factory`, once per hypernet: per held-out task one adapter from each of its first
+             `data.eval_descriptions` held-out wordings (SFT and reconstruction), as many from generic
+             one-liners ("Solve this task.") and from random strings of the same lengths; for a sample of
+             training tasks one adapter from a held-out wording.
+8. eval      `run_eval` on the 30 evaluation instances of each held-out task (ROUGE-L and exact match, greedy),
+             and on those of the sampled training tasks.
 
-Rows: base, multitask, oracle, t2l (mean over the 6 description adapters), t2l-random (mean over 6 random
-strings), per task the ratio (t2l - base) / (oracle - base), and what one constant answer scores. Every stage
-keeps its output in --out and its settings in --out/record.json; a rerun reuses each stage whose settings (the
-sections it depends on) are unchanged, so `--set t2l.variant=L` redoes only T2L, its adapters and the eval.
-With --docs, the generated part of that markdown file (between its `generated` markers) is replaced by this
-run's tables.
+Rows: base, multitask, oracle, t2l, t2l_recon, t2l_vague, t2l_random (each T2L row the mean over its adapters),
+per task the ratio (t2l - base) / (oracle - base), and what one constant answer scores. Every stage keeps its
+output in --out and its settings in --out/record.json; a rerun reuses each stage whose settings (the sections it
+depends on, and --device) are unchanged, so `--set t2l.variant=L` redoes only the hypernets, their adapters and
+the eval. The run writes --out/results.json (the issue's shape: train_tasks, heldout {tasks, rougeL, exact_match},
+seconds, command) and --out/results.md; with --docs, also the generated part of that markdown file (between
+its `generated` markers) and results.json beside it.
+
+--device cuda runs every stage on GPUs (one Ray Train worker per visible GPU, GPU eval and factory actors);
+nothing else changes, so larger settings go through --set.
 """
 
 from __future__ import annotations
@@ -41,7 +54,6 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -49,8 +61,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from t2l_ray.config import doc, from_dict, to_dict  # noqa: E402
 
 COMMAND = ".venv/bin/python bench/quality.py --out runs/quality --docs docs/results.md"
-METHODS = ("base", "multitask", "oracle", "t2l", "t2l-random")
-SEEN = "t2l-seen"  # the adapter set of training tasks generated from their held-out descriptions
+METHODS = ("base", "multitask", "oracle", "t2l", "t2l_recon", "t2l_vague", "t2l_random")
+GENERATED = {"t2l": "t2l", "t2l_recon": "recon", "t2l_vague": "vague", "t2l_random": "random"}
+"""Row -> the prefix of its adapter sets (`t2l-1`, `t2l-2`, ...): the row is their mean."""
+SEEN = "t2l-seen"  # the adapter set of sampled training tasks generated from a held-out wording
 BEGIN, END = "<!-- generated by bench/quality.py: begin -->", "<!-- generated by bench/quality.py: end -->"
 
 
@@ -59,22 +73,28 @@ BEGIN, END = "<!-- generated by bench/quality.py: begin -->", "<!-- generated by
 
 @dataclass
 class DataSettings:
-    instances_per_task: int = doc("Instances drawn per suite task (at most ~106: word tasks run out of words).", 100)
+    instances_per_task: int = doc("Instances drawn per task.", 100)
     eval_per_task: int = doc("The last this-many instances of each task are evaluation-only.", 30)
-    suite_seed: int = doc("Seed of the generated suite.", 0)
+    seed: int = doc("Seed of the task space's instances.", 0)
+    descriptions_per_task: int = doc("Training wordings per task (held-out tasks get as many held-out ones).", 24)
+    eval_descriptions: int = doc("Adapters per held-out task and row (its first held-out wordings).", 4)
+    seen_tasks: int = doc("Training tasks scored from a held-out wording (a seeded sample).", 20)
 
 
 @dataclass
 class BaseSettings:
     hidden_size: int = doc("Width of the pretrained Llama.", 128)
     layers: int = doc("Decoder layers.", 4)
-    vocab_size: int = doc("BPE vocabulary trained on the corpus and the suite's texts.", 1536)
+    vocab_size: int = doc("BPE vocabulary trained on the corpus and the tasks' texts.", 1536)
     steps: int = doc("Pretraining steps (AdamW, warmup then cosine decay).", 800)
     batch_size: int = doc("Sequences per pretraining step.", 32)
     seq_len: int = doc("Tokens per packed pretraining sequence.", 128)
     lr: float = doc("Peak pretraining learning rate.", 3e-3)
     facts: int = doc("Generated fact lines in the corpus.", 60000)
-    copy_examples: int = doc("Chat-format 'repeat the input' examples in the corpus.", 6000)
+    repeats: int = doc("Lines that say a few words twice ('cup fox, again: cup fox.'), where the base learns to copy.",
+                       40000)
+    copy_examples: int = doc("Chat-format 'repeat the input' examples in the corpus (they teach the base to copy "
+                             "words from its input, which every task needs).", 30000)
     seed: int = doc("Seed of the corpus and the init.", 0)
 
 
@@ -82,33 +102,44 @@ class BaseSettings:
 class BudgetSettings:
     """What every trained method shares, so the comparison is on the same budget."""
 
-    steps: int = doc("Optimizer steps of T2L and of every LoRA (each oracle, the multi-task one).", 400)
-    examples_per_step: int = doc("Examples per optimizer step (T2L: tasks per batch x 2 workers).", 16)
+    steps: int = doc("Optimizer steps of each hypernet and of every LoRA (each oracle, the multi-task one).", 400)
+    examples_per_step: int = doc("Examples per optimizer step, over all workers (T2L: one per task).", 16)
     max_prompt_tokens: int = doc("Prompt truncation.", 96)
     max_response_tokens: int = doc("Response truncation.", 32)
+    neftune_alpha: float = doc("NEFTune noise on the input embeddings of every method. T2L's 5 is sized for a 4096-wide "
+                               "base; on this 128-wide one the noise is as large as the embeddings themselves and "
+                               "drowns the input, so none.", 0.0)
     seed: int = doc("Seed of the hypernet init, the LoRA inits and the data order.", 42)
 
 
 @dataclass
 class T2LSettings:
-    lr: float = doc("Hypernet peak learning rate.", 1e-3)
+    lr: float = doc("Hypernet peak learning rate (SFT).", 1e-3)
+    recon_lr: float = doc("Hypernet peak learning rate (reconstruction).", 1e-3)
     variant: str = doc("Hypernet variant: L, M or S.", "M")
     latent: int = doc("Hypernet latent width (task code + layer + module embeddings).", 64)
     head_in: int = doc("Width of the trunk output feeding the heads.", 128)
     dropout: float = doc("Hypernet dropout.", 0.05)
     l2_generated: float = doc("L2 penalty on the generated A and B.", 1e-3)
     weight_decay: float = doc("AdamW weight decay of the hypernet.", 1e-2)
-    definition_as_description: bool = doc("Train on each task's Definition too, as a sixth description.", False)
 
 
 @dataclass
 class LoraSettings:
-    lr: float = doc("LoRA peak learning rate (oracle and multi-task).", 1e-2)
+    lr: float = doc("LoRA peak learning rate (oracle, multi-task and library).", 1e-2)
+
+
+@dataclass
+class LibrarySettings:
+    """The training tasks' oracle LoRAs that reconstruction learns to reproduce (an input of that method)."""
+
+    steps: int = doc("Optimizer steps of each library LoRA (budget.examples_per_step examples each); fewer "
+                     "than budget.steps, so that 100 of them fit the CPU run.", 100)
 
 
 @dataclass
 class EvalSettings:
-    max_new_tokens: int = doc("Greedy generation length.", 32)
+    max_new_tokens: int = doc("Greedy generation length.", 24)
     random_seed: int = doc("Seed of the random-string descriptions.", 7)
 
 
@@ -119,86 +150,125 @@ class Settings:
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     t2l: T2LSettings = field(default_factory=T2LSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    library: LibrarySettings = field(default_factory=LibrarySettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where the stages run: `--device` and what it implies for Ray workers and actors."""
+
+    device: str = "cpu"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device == "cuda"
+
+    @property
+    def workers(self) -> int:
+        """Ray Train workers: two CPU workers, or one per visible GPU."""
+        if not self.gpu:
+            return 2
+        import torch
+
+        return max(1, torch.cuda.device_count())
 
 
 # ------------------------------------------------------------------------------------------------ 1. data
 
 
 def write_data(s: DataSettings, out: Path) -> dict:
-    """Two SNI folders (train/, eval/) from one suite, the descriptions file, and the split's task lists."""
-    from t2l_ray.data.suite import HELD_OUT_LIST, TRAIN_LIST, write_suite
+    """Two SNI folders (train/, eval/) from one task space, its descriptions file and task lists; returns the
+    split and the descriptions the adapters are generated from."""
+    from t2l_ray.data.suite import HELD_OUT_LIST, TRAIN_LIST
+    from t2l_ray.data.taskspace import write_space
 
-    full = out / "suite"
-    suite = write_suite(full, seed=s.suite_seed, instances_per_task=s.instances_per_task)
+    space = write_space(out / "space", seed=s.seed, instances_per_task=s.instances_per_task,
+                        descriptions_per_task=s.descriptions_per_task)
     keep = s.instances_per_task - s.eval_per_task
     for split in ("train", "eval"):
         (out / split).mkdir(parents=True, exist_ok=True)
-    for task in suite.tasks:
+    for task in space.tasks:
         record = json.loads(Path(task.source_file).read_text(encoding="utf-8"))
         instances = record["Instances"]
         for split, part in (("train", instances[:keep]), ("eval", instances[keep:])):
             (out / split / f"{task.name}.json").write_text(json.dumps({**record, "Instances": part}, indent=1))
     for name in ("descriptions.json", TRAIN_LIST, HELD_OUT_LIST):
-        (out / name).write_bytes((full / name).read_bytes())
-    with_definitions = json.loads((full / "descriptions.json").read_text())
-    for task in suite.tasks:
-        with_definitions["tasks"][task.name]["descriptions"].append(task.definition)
-    (out / "descriptions_with_definitions.json").write_text(json.dumps(with_definitions, indent=1))
-    d = suite.descriptions
-    return {"train": [t.name for t in suite.train], "held_out": [t.name for t in suite.held_out],
-            # a held-out task's descriptions are all unseen; a training task's held-out one is unseen too
-            "descriptions": {t.name: d.train[t.name] + d.held_out[t.name] for t in suite.held_out},
-            "seen_task_descriptions": {t.name: d.held_out[t.name][0] for t in suite.train}}
+        (out / name).write_bytes((out / "space" / name).read_bytes())
+    held = space.descriptions.held_out
+    seen = sorted(random.Random(f"{s.seed}/seen").sample([t.name for t in space.train], min(s.seen_tasks, len(space.train))))
+    return {"train": [t.name for t in space.train], "held_out": [t.name for t in space.held_out],
+            # a held-out task's wordings are all unseen; a training task's held-out wording is unseen too
+            "descriptions": {t.name: held[t.name][: s.eval_descriptions] for t in space.held_out},
+            "seen_task_descriptions": {name: held[name][0] for name in seen}}
 
 
 # ------------------------------------------------------------------------------------------------ 2. base
 
 
-def fact_lines(rng: random.Random) -> list[str]:
-    """Facts a model needs for the suite's tasks, stated in plain sentences, never in a task's format."""
-    from t2l_ray.data import suite
-
-    words = suite.WORDS + suite.ANIMALS
-    word = rng.choice(words)
-    n = rng.randint(0, 999)
-    a, b = rng.randint(1, 99), rng.randint(1, 99)
-    x, y = rng.randint(2, 19), rng.randint(2, 19)
-    thing = rng.choice(suite.THINGS)
-    animal = rng.choice(suite.ANIMALS)
-    feeling = rng.choice(suite.POSITIVE + suite.NEGATIVE)
-    return [
-        f"{word} is spelled {' '.join(word)}.",
-        f"{word} has {len(word)} letters.",
-        f"the word {word} starts with {word[0]} and ends with {word[-1]}.",
-        f"{rng.choice('aeiou')} is a vowel and {rng.choice('bcdfghjklmnpqrstvwxyz')} is not.",
-        f"a {animal} is an animal. a {thing} is not an animal.",
-        f"{rng.choice(suite.NAMES)} is the name of a person.",
-        f"{a} plus {b} is {a + b}.",
-        f"{a} minus {b} is {a - b}.",
-        f"{x} times {y} is {x * y}.",
-        f"{n} is {'even' if n % 2 == 0 else 'odd'}.",
-        f"{n} is {'more' if n > 500 else 'not more'} than 500.",
-        f"after {n} comes {n + 1}.",
-        f"{a} is {'larger' if a > b else 'smaller' if a < b else 'the same as'} {'than ' if a != b else ''}{b}.",
-        f"{feeling} is a {'positive' if feeling in suite.POSITIVE else 'negative'} word.",
-        suite._sentence(rng) + ".",
-        suite._sentence(rng).capitalize() + ".",
-    ]
-
-
 def copy_example(rng: random.Random, tokenizer) -> str:
     """One chat-format example of the only instruction the base is taught: repeat the input."""
-    from t2l_ray.data import suite
     from t2l_ray.data.prompts import render_prompt, user_prompt
+    from t2l_ray.data.taskspace import ANIMALS, OBJECTS
 
-    text = rng.choice([suite._sentence(rng), " ".join(rng.sample(suite.WORDS, rng.randint(1, 5))),
-                       ", ".join(str(rng.randint(0, 999)) for _ in range(rng.randint(1, 5)))])
+    text = " ".join(rng.sample(OBJECTS + ANIMALS, rng.randint(1, 6)))
     prompt = user_prompt("In this task, you are given a text. Repeat it exactly as it is.", text)
     return render_prompt(tokenizer, prompt) + text + tokenizer.eos_token
 
 
-def pretrain_base(s: BaseSettings, data_dir: Path, out: Path) -> dict:
+def corpus_lines(s: BaseSettings, rng: random.Random) -> list[str]:
+    """`s.facts` fact lines (as many draws of `taskspace.fact_lines` as it takes) and `s.repeats` lines that say a
+    few words twice (where a small model learns to copy), shuffled."""
+    from t2l_ray.data.taskspace import ANIMALS, OBJECTS, fact_lines
+
+    facts: list[str] = []
+    while len(facts) < s.facts:
+        facts += fact_lines(rng)
+    repeats = []
+    for _ in range(s.repeats):
+        words = " ".join(rng.sample(OBJECTS + ANIMALS, rng.randint(2, 6)))
+        repeats.append(f"{words}, again: {words}.")
+    lines = facts[: s.facts] + repeats
+    rng.shuffle(lines)
+    return lines
+
+
+def probe_base(model, tokenizer, rng: random.Random, count: int = 40) -> dict[str, float]:
+    """What the pretrained base knows, greedy, on `count` fresh draws each (%): copying an input in the chat
+    format, and completing the primitives' facts ("in cup fox pen lamp, the second word is", "otter is
+    spelled", "otter has", "the word otter starts with"), each after a neutral sentence as in the corpus."""
+    import torch
+
+    from t2l_ray.data.prompts import render_prompt, user_prompt
+    from t2l_ray.data.taskspace import ANIMALS, NUMBER_WORDS, OBJECTS, SELECTORS, draw_input
+
+    device = next(model.parameters()).device
+
+    def completes(prompt: str, answers: tuple[str, ...], chat: bool = False) -> bool:
+        ids = tokenizer(prompt if chat else f"3 is written three. {prompt}", return_tensors="pt",
+                        add_special_tokens=not chat)["input_ids"].to(device)
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        return any(text == a or text.startswith(a + " ") or text.startswith(a + ".") for a in answers)
+
+    words = [rng.choice(OBJECTS + ANIMALS) for _ in range(count)]
+    lists = [draw_input(rng) for _ in range(count)]
+    where = [rng.choice(SELECTORS) for _ in range(count)]
+    copy = "In this task, you are given a text. Repeat it exactly as it is."
+    checks = {
+        "copy": [completes(render_prompt(tokenizer, user_prompt(copy, " ".join(ws))), (" ".join(ws),), chat=True)
+                 for ws in lists],
+        "select": [completes(f"in {' '.join(ws)}, {s.definition} is", (s.apply(ws),)) for ws, s in zip(lists, where)],
+        "spelling": [completes(f"{w} is spelled", (" ".join(w),)) for w in words],
+        "length": [completes(f"{w} has", (f"{len(w)} letters", f"{NUMBER_WORDS[len(w)]} letters")) for w in words],
+        "first letter": [completes(f"the word {w} starts with", (w[0],)) for w in words],
+    }
+    return {name: 100.0 * sum(hits) / count for name, hits in checks.items()}
+
+
+def pretrain_base(s: BaseSettings, data_dir: Path, out: Path, hardware: Hardware) -> dict:
     """Train the BPE and the Llama; save both as one Hugging Face folder (what `init: pretrained` loads)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -207,9 +277,8 @@ def pretrain_base(s: BaseSettings, data_dir: Path, out: Path) -> dict:
     from t2l_ray.data.tokenizer import train_tokenizer
 
     rng = random.Random(f"{s.seed}/corpus")
-    facts = [line for _ in range(s.facts // 16 + 1) for line in fact_lines(rng)][: s.facts]
-    rng.shuffle(facts)
-    tasks, _ = load_sni(data_dir / "suite")
+    facts = corpus_lines(s, rng)
+    tasks, _ = load_sni(data_dir / "space")
     task_texts = [t.definition for t in tasks] + [x for t in tasks for i in t.instances for x in [i.input, *i.outputs]]
     tokenizer = train_tokenizer(facts + task_texts, out, vocab_size=s.vocab_size)
     copies = [copy_example(rng, tokenizer) for _ in range(s.copy_examples)]
@@ -218,17 +287,19 @@ def pretrain_base(s: BaseSettings, data_dir: Path, out: Path) -> dict:
     documents += tokenizer(copies, add_special_tokens=False)["input_ids"]  # the chat template wrote their <s>
     rng.shuffle(documents)
     stream = [token for document in documents for token in document]
-    rows = torch.tensor(stream[: len(stream) // s.seq_len * s.seq_len]).view(-1, s.seq_len)
+    device = torch.device("cuda" if hardware.gpu else "cpu")
+    rows = torch.tensor(stream[: len(stream) // s.seq_len * s.seq_len]).view(-1, s.seq_len).to(device)
 
     torch.manual_seed(s.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if not hardware.gpu:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=s.hidden_size, intermediate_size=s.hidden_size * 3,
         num_hidden_layers=s.layers, num_attention_heads=4, num_key_value_heads=2, head_dim=s.hidden_size // 4,
         max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config).train()
+    model = LlamaForCausalLM(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, s.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -236,7 +307,7 @@ def pretrain_base(s: BaseSettings, data_dir: Path, out: Path) -> dict:
     order = torch.Generator().manual_seed(s.seed)
     losses, started = [], time.time()
     for step in range(s.steps):
-        batch = rows[torch.randint(len(rows), (s.batch_size,), generator=order)]
+        batch = rows[torch.randint(len(rows), (s.batch_size,), generator=order).to(device)]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -247,68 +318,90 @@ def pretrain_base(s: BaseSettings, data_dir: Path, out: Path) -> dict:
         if (step + 1) % 100 == 0 or step == 0:
             print(f"base: step {step + 1}/{s.steps} loss {sum(losses[-100:]) / len(losses[-100:]):.3f} "
                   f"({time.time() - started:.0f}s)", flush=True)
-    model.save_pretrained(out)
+    knows = probe_base(model.eval(), tokenizer, random.Random(f"{s.seed}/probe"))
+    print("base knows (%): " + ", ".join(f"{name} {value:.0f}" for name, value in knows.items()), flush=True)
+    model.to("cpu").save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
-    return {"params": params, "tokens": rows.numel(), "first_loss": losses[0], "final_loss": sum(losses[-50:]) / 50}
+    return {"params": params, "tokens": rows.numel(), "first_loss": losses[0], "final_loss": sum(losses[-50:]) / 50,
+            "knows": knows}
 
 
-# ------------------------------------------------------------------------------------------------ 3-4. training
+# ------------------------------------------------------------------------------------------------ 3-6. training
 
 
-def common_recipe(settings: Settings, base_dir: Path, data_dir: Path, task_list: str, out: Path) -> dict:
-    """The `t2l-ray train` recipe both T2L and the LoRA baselines start from (base model, data, budget)."""
+def common_recipe(settings: Settings, hardware: Hardware, base_dir: Path, data_dir: Path, task_list: str,
+                  out: Path) -> dict:
+    """The `t2l-ray train` recipe T2L, reconstruction and the LoRA baselines start from (base, data, budget)."""
     b, t = settings.budget, settings.t2l
-    descriptions = data_dir / ("descriptions_with_definitions.json" if t.definition_as_description else "descriptions.json")
     return {
         "objective": "sft",
         "encoder": "all-minilm-l6-v2",
         "model": {"name_or_path": str(base_dir), "init": "pretrained", "tokenizer": ""},
         "hypernet": {"variant": t.variant, "latent": t.latent, "head_in": t.head_in, "dropout": t.dropout},
-        "data": {"source": str(data_dir / "train"), "descriptions": str(descriptions),
-                 "task_list": str(data_dir / task_list), "tasks_per_batch": b.examples_per_step // 2,
+        "data": {"source": str(data_dir / "train"), "descriptions": str(data_dir / "descriptions.json"),
+                 "task_list": str(data_dir / task_list), "tasks_per_batch": b.examples_per_step // hardware.workers,
                  "max_prompt_tokens": b.max_prompt_tokens, "max_response_tokens": b.max_response_tokens},
         "optim": {"lr": t.lr, "warmup_steps": max(1, b.steps // 20), "max_steps": b.steps,
-                  "l2_generated": t.l2_generated, "weight_decay": t.weight_decay},
+                  "l2_generated": t.l2_generated, "weight_decay": t.weight_decay, "neftune_alpha": b.neftune_alpha},
         "deepspeed": {"zero_stage": 2},
-        "run": {"output_dir": str(out), "num_workers": 2, "cpus_per_worker": 0.5, "log_every": 25,
-                "checkpoint_every": b.steps, "seed": b.seed},
+        "run": {"output_dir": str(out), "num_workers": hardware.workers, "use_gpu": hardware.gpu,
+                "backend": "nccl" if hardware.gpu else "gloo", "cpus_per_worker": 1.0 if hardware.gpu else 0.5,
+                "log_every": 25, "checkpoint_every": b.steps, "seed": b.seed},
     }
 
 
-def train_t2l(settings: Settings, base_dir: Path, data_dir: Path, out: Path) -> dict:
+def train_hypernet(settings: Settings, hardware: Hardware, base_dir: Path, data_dir: Path, out: Path,
+                   library: Path | None = None) -> dict:
+    """T2L by SFT, or (with `library`) by reconstruction of the library's LoRAs, on the training tasks."""
     from t2l_ray.data.suite import TRAIN_LIST
     from t2l_ray.train.config import TrainConfig
     from t2l_ray.train.driver import run_training
     from t2l_ray.train.plot import read_metrics
 
-    run_training(from_dict(TrainConfig, common_recipe(settings, base_dir, data_dir, TRAIN_LIST, out)))
+    recipe = common_recipe(settings, hardware, base_dir, data_dir, TRAIN_LIST, out)
+    if library is not None:
+        recipe["objective"] = "reconstruction"
+        recipe["reconstruction"] = {"library": str(library)}
+        recipe["optim"]["lr"] = settings.t2l.recon_lr
+    run_training(from_dict(TrainConfig, recipe))
     rows = read_metrics(str(out))
-    return {"first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"], "steps": rows[-1]["step"]}
+    result = {"first_loss": rows[0]["loss"], "final_loss": rows[-1]["loss"], "steps": rows[-1]["step"]}
+    if library is not None:
+        result["delta_w_rel"] = rows[-1]["delta_w_rel"]
+    return result
 
 
-def train_loras(settings: Settings, base_dir: Path, data_dir: Path, out: Path) -> dict:
-    """Oracle LoRAs on the held-out tasks' training examples; the multi-task LoRA on the training tasks."""
-    from t2l_ray.data.suite import HELD_OUT_LIST, TRAIN_LIST
+def train_lora_set(settings: Settings, hardware: Hardware, base_dir: Path, data_dir: Path, out: Path, mode: str,
+                   task_list: str, steps: int) -> dict:
+    """`train-lora` in one mode (oracle: one LoRA per listed task; multitask: one over them all), `steps` steps of
+    `budget.examples_per_step` examples; returns the run's summary with its seconds."""
     from t2l_ray.train.baselines import BaselineRecipe, run_baselines
 
     b = settings.budget
-    summary = {}
-    # Same steps and examples per step as T2L: the oracle in one process (batch 16), the multi-task LoRA on
-    # two workers (8 each), like the hypernet's two workers with 8 tasks each.
-    for mode, task_list, batch in (("oracle", HELD_OUT_LIST, b.examples_per_step),
-                                   ("multitask", TRAIN_LIST, b.examples_per_step // 2)):
-        recipe = common_recipe(settings, base_dir, data_dir, task_list, out)
-        recipe["baseline"] = {"mode": mode, "output_dir": str(out), "lr": settings.lora.lr, "max_steps": b.steps,
-                              "warmup_steps": max(1, b.steps // 20), "batch_size": batch, "tasks_per_job": 4,
-                              "log_every": 25, "dtype": "float32", "seed": b.seed}
-        started = time.time()
-        run_baselines(from_dict(BaselineRecipe, recipe))
-        summary[f"{mode}_seconds"] = round(time.time() - started, 1)
-    summary.update(json.loads((out / "summary.json").read_text()))
-    return summary
+    recipe = common_recipe(settings, hardware, base_dir, data_dir, task_list, out)
+    # An oracle trains in one process on the whole step; the multi-task LoRA splits it over the workers.
+    batch = b.examples_per_step if mode == "oracle" else b.examples_per_step // hardware.workers
+    tasks = len((data_dir / task_list).read_text().split())
+    recipe["baseline"] = {"mode": mode, "output_dir": str(out), "lr": settings.lora.lr, "max_steps": steps,
+                          "warmup_steps": max(1, steps // 20), "batch_size": batch,
+                          "tasks_per_job": max(1, math.ceil(tasks / (2 * hardware.workers))),
+                          "log_every": 25, "dtype": "float32", "seed": b.seed}
+    started = time.time()
+    run_baselines(from_dict(BaselineRecipe, recipe))
+    summary = json.loads((out / "summary.json").read_text())
+    return {**summary, f"{mode}_seconds": round(time.time() - started, 1)}
 
 
-# ------------------------------------------------------------------------------------------------ 5. adapters
+def train_loras(settings: Settings, hardware: Hardware, base_dir: Path, data_dir: Path, out: Path) -> dict:
+    """Oracle LoRAs on the held-out tasks' training examples; the multi-task LoRA on the training tasks."""
+    from t2l_ray.data.suite import HELD_OUT_LIST, TRAIN_LIST
+
+    steps = settings.budget.steps
+    oracle = train_lora_set(settings, hardware, base_dir, data_dir, out, "oracle", HELD_OUT_LIST, steps)
+    return {**oracle, **train_lora_set(settings, hardware, base_dir, data_dir, out, "multitask", TRAIN_LIST, steps)}
+
+
+# ------------------------------------------------------------------------------------------------ 7. adapters
 
 
 def random_string(rng: random.Random, length: int) -> str:
@@ -317,28 +410,37 @@ def random_string(rng: random.Random, length: int) -> str:
     return "".join(rng.choice(alphabet) for _ in range(length)).strip() or "x"
 
 
-def generate_adapters(settings: Settings, split: dict, checkpoint: Path, out: Path) -> dict:
-    """adapters/{set}/{task}/ from one batch-generate run: for the held-out tasks, sets t2l-1..N (each task's N
-    descriptions) and random-1..N (random strings of the same lengths); for the training tasks, set `t2l-seen`
-    (each task's held-out description: a task the hypernet knows, in words it never saw)."""
-    from t2l_ray.factory import FactoryConfig, run_factory
+def adapter_lines(settings: Settings, split: dict) -> dict[str, dict[tuple[str, str], str]]:
+    """Hypernet -> {(adapter set, task): description}. From the SFT hypernet: sets t2l-i (each held-out task's
+    i-th held-out wording), vague-i (the i-th generic one-liner), random-i (a random string as long as the
+    wording) and `t2l-seen` (sampled training tasks, a held-out wording each); from the reconstruction
+    hypernet: recon-i (the same wordings as t2l-i)."""
+    from t2l_ray.data.taskspace import VAGUE
 
     rng = random.Random(settings.eval.random_seed)
-    descriptions = split["descriptions"]
-    count = min(len(d) for d in descriptions.values())
-    lines = {}
-    for i in range(count):
-        for task, texts in descriptions.items():
-            lines[(f"t2l-{i + 1}", task)] = texts[i]
-            lines[(f"random-{i + 1}", task)] = random_string(rng, len(texts[i]))
+    sft, recon = {}, {}
+    for i in range(settings.data.eval_descriptions):
+        for task, texts in split["descriptions"].items():
+            sft[(f"t2l-{i + 1}", task)] = recon[(f"recon-{i + 1}", task)] = texts[i]
+            sft[(f"vague-{i + 1}", task)] = VAGUE[i % len(VAGUE)]
+            sft[(f"random-{i + 1}", task)] = random_string(rng, len(texts[i]))
     for task, text in split["seen_task_descriptions"].items():
-        lines[(SEEN, task)] = text
-    source, generated = out / "descriptions.jsonl", out / "generated"
+        sft[(SEEN, task)] = text
+    return {"t2l": sft, "recon": recon}
+
+
+def generate_adapters(settings: Settings, hardware: Hardware, lines: dict[tuple[str, str], str], checkpoint: Path,
+                      out: Path) -> dict:
+    """adapters/{set}/{task}/ from one batch-generate run of `checkpoint` over `lines`."""
+    from t2l_ray.factory import FactoryConfig, run_factory
+
+    source, generated = out / f"{checkpoint.parent.name}.jsonl", out / f"generated-{checkpoint.parent.name}"
     out.mkdir(parents=True, exist_ok=True)
     source.write_text("".join(json.dumps({"id": f"{name}--{task}", "description": text}) + "\n"
                               for (name, task), text in lines.items()))
-    summary = run_factory(str(source), str(checkpoint), str(generated),
-                          FactoryConfig(dtype="float32", in_process_max=0))  # on Ray Data, as the docstring says
+    # on Ray Data, as the docstring says (in_process_max 0: never the in-process path)
+    factory = FactoryConfig(dtype="float32", num_gpus=0.5 if hardware.gpu else 0.0, in_process_max=0)
+    summary = run_factory(str(source), str(checkpoint), str(generated), factory)
     if summary.failed:
         raise RuntimeError(f"batch-generate: {summary.failed} adapters failed, the first: {summary.failures[:2]}")
     for name, task in lines:  # the eval layout: one folder per adapter set, one adapter per task inside
@@ -347,11 +449,11 @@ def generate_adapters(settings: Settings, split: dict, checkpoint: Path, out: Pa
     return {name: {t: d for (n, t), d in lines.items() if n == name} for name in dict.fromkeys(n for n, _ in lines)}
 
 
-# ------------------------------------------------------------------------------------------------ 6. eval
+# ------------------------------------------------------------------------------------------------ 8. eval
 
 
-def evaluate(settings: Settings, base_dir: Path, data_dir: Path, tasks: list[str], sets: dict[str, Path],
-             out: Path) -> dict:
+def evaluate(settings: Settings, hardware: Hardware, base_dir: Path, data_dir: Path, tasks: list[str],
+             sets: dict[str, Path], out: Path) -> dict:
     """`t2l-ray eval` of the base model and `sets` (row name -> adapter folder) on `tasks`' evaluation instances."""
     from t2l_ray.eval.config import EvalConfig
     from t2l_ray.eval.report import build_table
@@ -362,8 +464,8 @@ def evaluate(settings: Settings, base_dir: Path, data_dir: Path, tasks: list[str
         "adapters": [{"name": name, "path": str(path)} for name, path in sets.items()],
         "tasks": {"sni": str(data_dir / "eval"), "sni_tasks": tasks},
         "run": {"output_dir": str(out), "limit": 0, "max_new_tokens": settings.eval.max_new_tokens,
-                "max_prompt_tokens": settings.budget.max_prompt_tokens, "batch_size": 16, "num_workers": 2,
-                "cpus_per_worker": 0.5},
+                "max_prompt_tokens": settings.budget.max_prompt_tokens, "batch_size": 32, "num_workers": 2,
+                "cpus_per_worker": 0.5, "gpus_per_worker": 0.5 if hardware.gpu else 0.0},
     })
     result = run_eval(cfg)
     if result.errors:
@@ -371,21 +473,23 @@ def evaluate(settings: Settings, base_dir: Path, data_dir: Path, tasks: list[str
     return build_table(result)  # the table run_eval also wrote to out/results.json
 
 
-def evaluate_all(settings: Settings, out: Path, split: dict, adapter_sets: list[str]) -> dict:
+def evaluate_all(settings: Settings, hardware: Hardware, out: Path, split: dict, adapter_sets: list[str]) -> dict:
     loras, adapters = out / "loras", out / "adapters"
     held_out = {"multitask": loras / "multitask", "oracle": loras / "oracle",
                 **{name: adapters / name for name in adapter_sets if name != SEEN}}
     seen = {"multitask": loras / "multitask", SEEN: adapters / SEEN}
-    return {"held_out": evaluate(settings, out / "base", out / "data", split["held_out"], held_out, out / "eval" / "held_out"),
-            "seen": evaluate(settings, out / "base", out / "data", split["train"], seen, out / "eval" / "seen")}
+    data, base = out / "data", out / "base"
+    return {"held_out": evaluate(settings, hardware, base, data, split["held_out"], held_out, out / "eval" / "held_out"),
+            "seen": evaluate(settings, hardware, base, data, sorted(split["seen_task_descriptions"]), seen,
+                             out / "eval" / "seen")}
 
 
 # ------------------------------------------------------------------------------------------------ report
 
 
 def summarise(results: dict) -> dict:
-    """Held-out tasks: per task base, multitask, oracle, t2l (mean over the t2l-* sets), t2l-random (mean over
-    random-*), the ratio (t2l - base) / (oracle - base); seen tasks: base, multitask, t2l-seen; and the means."""
+    """Held-out tasks: per task every method of METHODS (a generated row is the mean over its adapter sets),
+    T2L per wording, the ratio (t2l - base) / (oracle - base); seen tasks: base, multitask, t2l-seen; means."""
 
     def rows_of(table: dict) -> dict:
         return {r["name"]: r for r in table["rows"]}
@@ -398,6 +502,9 @@ def summarise(results: dict) -> dict:
         gap = scores["oracle"] - scores["base"]
         return (scores["t2l"] - scores["base"]) / gap if gap > 0 else None
 
+    def members(prefix: str) -> list[str]:
+        return sorted((n for n in rows if n.startswith(prefix + "-")), key=lambda n: int(n.rsplit("-", 1)[1]))
+
     rows = rows_of(results["held_out"])
     tasks = [c for c in results["held_out"]["columns"] if c != "mean"]
     held_out = {}
@@ -405,9 +512,9 @@ def summarise(results: dict) -> dict:
         entry = {}
         for key in ("scores", "exact_match"):
             entry[key] = {m: rows[m][key][task] for m in ("base", "multitask", "oracle")}
-            entry[key]["t2l"] = mean(r[key][task] for n, r in rows.items() if n.startswith("t2l-"))
-            entry[key]["t2l-random"] = mean(r[key][task] for n, r in rows.items() if n.startswith("random-"))
-        entry["t2l_per_description"] = [rows[n]["scores"][task] for n in sorted(rows) if n.startswith("t2l-")]
+            for method, prefix in GENERATED.items():
+                entry[key][method] = mean(rows[n][key][task] for n in members(prefix))
+        entry["t2l_per_description"] = [rows[n]["scores"][task] for n in members(GENERATED["t2l"])]
         entry["ratio"] = ratio(entry["scores"])
         held_out[task] = entry
     means = {key: {m: mean(held_out[t][key][m] for t in tasks) for m in METHODS} for key in ("scores", "exact_match")}
@@ -416,6 +523,23 @@ def summarise(results: dict) -> dict:
     seen = {name: {"mean": seen_rows[name]["mean"], "exact_match": mean(seen_rows[name]["exact_match"].values())}
             for name in ("base", "multitask", SEEN)}
     return {"held_out": held_out, "mean": means, "seen": seen, "seen_tasks": len(results["seen"]["columns"]) - 1}
+
+
+def results_json(summary: dict, train_tasks: int, seconds: float, command: str) -> dict:
+    """docs/results.json: the held-out means of every method, in the shape issue #14 asks for."""
+    mean = summary["mean"]
+    return {"train_tasks": train_tasks,
+            "heldout": {"tasks": len(summary["held_out"]),
+                        "rougeL": {m: round(mean["scores"][m], 2) for m in METHODS},
+                        "exact_match": {m: round(mean["exact_match"][m], 2) for m in METHODS}},
+            "seconds": round(seconds), "command": command}
+
+
+TARGETS = (("T2L - multitask (ROUGE-L points)", lambda m: m["t2l"] - m["multitask"], 3.0),
+           ("T2L - random strings (ROUGE-L points)", lambda m: m["t2l"] - m["t2l_random"], 3.0),
+           ("(T2L - base) / (oracle - base)", lambda m: (m["t2l"] - m["base"]) / (m["oracle"] - m["base"])
+            if m["oracle"] > m["base"] else float("nan"), 0.30))
+"""Issue #14's targets on the held-out means: (what, value from the ROUGE-L means, at least)."""
 
 
 def majority_answers(eval_dir: Path, tasks: list[str]) -> dict[str, dict]:
@@ -434,7 +558,7 @@ def majority_answers(eval_dir: Path, tasks: list[str]) -> dict[str, dict]:
     return out
 
 
-def render_markdown(summary: dict, record: dict, settings: Settings, majority: dict[str, dict]) -> str:
+def render_markdown(summary: dict, record: dict, settings: Settings, majority: dict[str, dict], command: str) -> str:
     def short(task: str) -> str:
         return task.split("_", 1)[1]
 
@@ -442,14 +566,19 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
         return "n/a" if value is None else f"{value:.2f}"
 
     header = "| task | " + " | ".join(METHODS)
-    command = " ".join([COMMAND, *(f"--set {o}" for o in record.get("overrides", []))])
+    mean = summary["mean"]
+    count = len(summary["held_out"])
     lines = [f"Reproduce: `{command}`", "",
-             "### Held-out tasks: ROUGE-L (%) on the 30 evaluation instances of each", "",
-             header + " | (t2l - base) / (oracle - base) |", "|---|" + "---:|" * (len(METHODS) + 1)]
+             "### Targets (held-out means)", "", "| target | value | at least | met |", "|---|---:|---:|---|"]
+    for what, value, least in TARGETS:
+        got = value(mean["scores"])
+        lines.append(f"| {what} | {got:.2f} | {least:.2f} | {'yes' if got >= least else 'no'} |")
+    lines += ["", f"### Held-out tasks: ROUGE-L (%) on the {settings.data.eval_per_task} evaluation instances of "
+              f"each of the {count}", "",
+              header + " | (t2l - base) / (oracle - base) |", "|---|" + "---:|" * (len(METHODS) + 1)]
     for task, entry in summary["held_out"].items():
         lines.append(f"| {short(task)} | " + " | ".join(f"{entry['scores'][m]:.1f}" for m in METHODS)
                      + f" | {ratio(entry['ratio'])} |")
-    mean = summary["mean"]
     lines.append("| **mean** | " + " | ".join(f"**{mean['scores'][m]:.1f}**" for m in METHODS)
                  + f" | **{ratio(mean['ratio'])}** |")
     lines += ["", "### Held-out tasks: exact match (%), and one answer for every instance", "",
@@ -460,19 +589,19 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
                      + f" | `{one['answer']}` | {one['exact_match']:.1f} |")
     lines.append("| **mean** | " + " | ".join(f"**{mean['exact_match'][m]:.1f}**" for m in METHODS)
                  + f" | | **{sum(v['exact_match'] for v in majority.values()) / len(majority):.1f}** |")
-    count = len(next(iter(summary["held_out"].values()))["t2l_per_description"])
-    lines += ["", "### Held-out tasks: T2L per description (ROUGE-L %; 1-5 are written like the training "
-              f"descriptions, {count} is the suite's held-out one)", "",
-              "| task | " + " | ".join(str(i + 1) for i in range(count)) + " |", "|---|" + "---:|" * count]
+    wordings = len(next(iter(summary["held_out"].values()))["t2l_per_description"])
+    lines += ["", "### Held-out tasks: T2L per held-out wording (ROUGE-L %)", "",
+              "| task | " + " | ".join(str(i + 1) for i in range(wordings)) + " |", "|---|" + "---:|" * wordings]
     for task, entry in summary["held_out"].items():
         lines.append(f"| {short(task)} | " + " | ".join(f"{v:.1f}" for v in entry["t2l_per_description"]) + " |")
     seen = summary["seen"]
-    lines += ["", f"### The {summary['seen_tasks']} training tasks, from a description T2L never saw "
+    lines += ["", f"### {summary['seen_tasks']} training tasks, each from a held-out wording T2L never saw "
               "(mean over the tasks, on their evaluation instances)", "",
               "| | base | multitask | t2l |", "|---|---:|---:|---:|",
               "| ROUGE-L | " + " | ".join(f"{seen[n]['mean']:.1f}" for n in ("base", "multitask", SEEN)) + " |",
               "| exact match | " + " | ".join(f"{seen[n]['exact_match']:.1f}" for n in ("base", "multitask", SEEN)) + " |"]
-    base, t2l, loras = (record[name]["result"] for name in ("base", "t2l", "loras"))
+    base, t2l, recon, library, loras = (record[name]["result"] for name in ("base", "t2l", "recon", "library", "loras"))
+    library_losses = list(library["oracle"].values())
     minutes = sum(record[name]["seconds"] for name in STAGES) / 60
     loads = [value for name in STAGES for value in record[name].get("load", [])]
     load = f" (1-minute load average {min(loads):.1f} to {max(loads):.1f} at the stages' starts and ends)" if loads else ""
@@ -480,10 +609,16 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
         "", "### The runs", "",
         f"- base: Llama, {base['params'] / 1e6:.2f}M parameters, pretrained {settings.base.steps} steps on "
         f"{base['tokens'] / 1e6:.2f}M generated tokens, loss {base['first_loss']:.2f} -> {base['final_loss']:.2f}",
-        f"- t2l ({settings.t2l.variant}): {t2l['steps']} steps, loss {t2l['first_loss']:.3f} -> {t2l['final_loss']:.3f}",
+        f"- t2l ({settings.t2l.variant}, SFT): {t2l['steps']} steps, loss {t2l['first_loss']:.3f} -> "
+        f"{t2l['final_loss']:.3f}",
+        f"- library: {len(library_losses)} LoRAs of {settings.library.steps} steps, mean loss "
+        f"{sum(r['first_loss'] for r in library_losses) / len(library_losses):.2f} -> "
+        f"{sum(r['final_loss'] for r in library_losses) / len(library_losses):.2f}",
+        f"- t2l_recon ({settings.t2l.variant}, reconstruction): {recon['steps']} steps, L1 {recon['first_loss']:.4f} -> "
+        f"{recon['final_loss']:.4f}, relative delta-W error {recon['delta_w_rel']:.2f}",
         f"- multitask LoRA: loss {loras['multitask']['first_loss']:.3f} -> {loras['multitask']['final_loss']:.3f}",
-        "- oracle LoRAs: " + ", ".join(f"{short(t)} {r['first_loss']:.2f} -> {r['final_loss']:.2f}"
-                                       for t, r in sorted(loras["oracle"].items())),
+        f"- oracle LoRAs: mean loss {sum(r['first_loss'] for r in loras['oracle'].values()) / len(loras['oracle']):.2f}"
+        f" -> {sum(r['final_loss'] for r in loras['oracle'].values()) / len(loras['oracle']):.2f}",
         "- seconds per stage: " + ", ".join(f"{name} {record[name]['seconds']:.0f}" for name in STAGES)
         + f"; {minutes:.1f} min in all on {os.cpu_count()} CPU cores{load}",
     ]
@@ -502,18 +637,22 @@ def write_docs(path: Path, markdown: str) -> None:
 # ------------------------------------------------------------------------------------------------ main
 
 
-STAGES = ("data", "base", "t2l", "loras", "adapters", "eval")
+STAGES = ("data", "base", "t2l", "library", "recon", "loras", "adapters", "eval")
 DEPENDS = {"data": ("data",), "base": ("data", "base"), "t2l": ("data", "base", "budget", "t2l"),
-           "loras": ("data", "base", "budget", "lora"), "adapters": ("data", "base", "budget", "t2l", "eval"),
-           "eval": ("data", "base", "budget", "t2l", "lora", "eval")}
+           "library": ("data", "base", "budget", "lora", "library"),
+           "recon": ("data", "base", "budget", "t2l", "lora", "library"),
+           "loras": ("data", "base", "budget", "lora"),
+           "adapters": ("data", "base", "budget", "t2l", "lora", "library", "eval"),
+           "eval": ("data", "base", "budget", "t2l", "lora", "library", "eval")}
 
 
-def stage(record: dict, settings: Settings, name: str, out: Path, run):
-    """Run a stage unless record.json holds its result for the same settings (the sections it depends on);
-    a stage that runs again starts from an empty folder."""
+def stage(record: dict, settings: Settings, hardware: Hardware, name: str, out: Path, run):
+    """Run a stage unless record.json holds its result for the same settings (the sections it depends on, and
+    the device); a stage that runs again starts from an empty folder."""
     import shutil
 
     wanted = {section: to_dict(getattr(settings, section)) for section in DEPENDS[name]}
+    wanted["device"] = hardware.device
     kept = record.get(name)
     if kept is not None and kept["settings"] == wanted:
         print(f"== {name}: kept from an earlier run ({out / name})")
@@ -533,33 +672,59 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quality", help="working folder; finished stages are reused")
-    parser.add_argument("--docs", default="", help="markdown file whose generated section gets the tables")
+    parser.add_argument("--docs", default="", help="markdown file whose generated section gets the tables "
+                        "(results.json is written beside it)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every stage runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="settings override, e.g. --set budget.steps=200 (sections: " + ", ".join(
                             f.name for f in fields(Settings)) + ")")
     args = parser.parse_args(argv)
     settings = load_config(Settings, None, args.overrides)
+    hardware = Hardware(args.device)
+    if hardware.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible")
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     record_file = out / "record.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
 
-    split = stage(record, settings, "data", out, lambda: write_data(settings.data, out / "data"))
-    stage(record, settings, "base", out, lambda: pretrain_base(settings.base, out / "data", out / "base"))
-    stage(record, settings, "t2l", out, lambda: train_t2l(settings, out / "base", out / "data", out / "t2l"))
-    stage(record, settings, "loras", out, lambda: train_loras(settings, out / "base", out / "data", out / "loras"))
-    written = stage(record, settings, "adapters", out, lambda: generate_adapters(
-        settings, split, out / "t2l" / "hypernet", out / "adapters"))
-    results = stage(record, settings, "eval", out, lambda: evaluate_all(settings, out, split, list(written)))
+    def run(name, fn):
+        return stage(record, settings, hardware, name, out, fn)
+
+    data, base = out / "data", out / "base"
+    split = run("data", lambda: write_data(settings.data, data))
+    run("base", lambda: pretrain_base(settings.base, data, base, hardware))
+    run("t2l", lambda: train_hypernet(settings, hardware, base, data, out / "t2l"))
+    run("library", lambda: train_lora_set(settings, hardware, base, data, out / "library", "oracle",
+                                          "train_tasks.txt", settings.library.steps))
+    run("recon", lambda: train_hypernet(settings, hardware, base, data, out / "recon", out / "library" / "oracle"))
+    run("loras", lambda: train_loras(settings, hardware, base, data, out / "loras"))
+    lines = adapter_lines(settings, split)
+    written = run("adapters", lambda: {
+        **generate_adapters(settings, hardware, lines["t2l"], out / "t2l" / "hypernet", out / "adapters"),
+        **generate_adapters(settings, hardware, lines["recon"], out / "recon" / "hypernet", out / "adapters")})
+    results = run("eval", lambda: evaluate_all(settings, hardware, out, split, list(written)))
     record["overrides"] = args.overrides
+    command = " ".join([COMMAND, *(["--device", args.device] if hardware.gpu else []),
+                        *(f"--set {o}" for o in args.overrides)])
     summary = summarise(results)
-    markdown = render_markdown(summary, record, settings, majority_answers(out / "data" / "eval", split["held_out"]))
+    majority = majority_answers(data / "eval", split["held_out"])
+    markdown = render_markdown(summary, record, settings, majority, command)
+    seconds = sum(record[name]["seconds"] for name in STAGES)
+    table = results_json(summary, len(split["train"]), seconds, command)
     (out / "results.md").write_text(markdown)
+    (out / "results.json").write_text(json.dumps(table, indent=1) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(markdown)
     if args.docs:
         write_docs(Path(args.docs), markdown)
-        print(f"wrote the tables into {args.docs}")
+        Path(args.docs).with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
+        print(f"wrote the tables into {args.docs} and {Path(args.docs).with_suffix('.json')}")
 
 
 if __name__ == "__main__":
