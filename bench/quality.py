@@ -20,8 +20,9 @@ adapters, `t2l-ray eval` on Ray):
 4. library   `run_baselines` (mode oracle): one LoRA per training task, the library reconstruction learns.
 5. recon     `run_training` (objective reconstruction): the same hypernet taught to reproduce the library
              from the same descriptions, for the same steps.
-6. lora      `run_baselines`: one oracle LoRA per held-out task on its own 70 training examples, and one
-             multi-task LoRA over the training tasks, each with T2L's optimizer steps and examples per step.
+6. lora      `run_baselines`: one multi-task LoRA over the training tasks with T2L's optimizer steps and
+             examples per step, and one oracle LoRA per held-out task on its own 70 training examples
+             (`lora.oracle_steps` of the same examples per step: the reference, trained until its loss is flat).
 7. adapters  `run_factory`, once per hypernet: per held-out task one adapter from each of its first
              `data.eval_descriptions` held-out wordings (SFT and reconstruction), as many from generic
              one-liners ("Solve this task.") and from random strings of the same lengths; for a sample of
@@ -60,7 +61,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from t2l_ray.config import doc, from_dict, to_dict  # noqa: E402
 
-COMMAND = ".venv/bin/python bench/quality.py --out runs/quality --docs docs/results.md"
 METHODS = ("base", "multitask", "oracle", "t2l", "t2l_recon", "t2l_vague", "t2l_random")
 GENERATED = {"t2l": "t2l", "t2l_recon": "recon", "t2l_vague": "vague", "t2l_random": "random"}
 """Row -> the prefix of its adapter sets (`t2l-1`, `t2l-2`, ...): the row is their mean."""
@@ -77,8 +77,8 @@ class DataSettings:
     eval_per_task: int = doc("The last this-many instances of each task are evaluation-only.", 30)
     seed: int = doc("Seed of the task space's instances.", 0)
     descriptions_per_task: int = doc("Training wordings per task (held-out tasks get as many held-out ones).", 24)
-    eval_descriptions: int = doc("Adapters per held-out task and row (its first held-out wordings).", 4)
-    seen_tasks: int = doc("Training tasks scored from a held-out wording (a seeded sample).", 20)
+    eval_descriptions: int = doc("Adapters per held-out task and row (its first held-out wordings).", 3)
+    seen_tasks: int = doc("Training tasks scored from a held-out wording (a seeded sample).", 10)
 
 
 @dataclass
@@ -96,14 +96,17 @@ class BaseSettings:
     copy_examples: int = doc("Chat-format 'repeat the input' examples in the corpus (they teach the base to copy "
                              "words from its input, which every task needs).", 30000)
     seed: int = doc("Seed of the corpus and the init.", 0)
+    threads: int = doc("Torch threads of the pretraining process on CPU (on a loaded 2-core machine a second "
+                       "thread made each step 2.5 times slower: it waits at every barrier).", 1)
 
 
 @dataclass
 class BudgetSettings:
     """What every trained method shares, so the comparison is on the same budget."""
 
-    steps: int = doc("Optimizer steps of each hypernet and of every LoRA (each oracle, the multi-task one).", 400)
-    examples_per_step: int = doc("Examples per optimizer step, over all workers (T2L: one per task).", 16)
+    steps: int = doc("Optimizer steps of each hypernet and of the multi-task LoRA.", 1000)
+    examples_per_step: int = doc("Examples per optimizer step, over all workers (T2L: one per task, 8 as in the "
+                                 "paper), for every LoRA too.", 8)
     max_prompt_tokens: int = doc("Prompt truncation.", 96)
     max_response_tokens: int = doc("Response truncation.", 32)
     neftune_alpha: float = doc("NEFTune noise on the input embeddings of every method. T2L's 5 is sized for a 4096-wide "
@@ -127,6 +130,10 @@ class T2LSettings:
 @dataclass
 class LoraSettings:
     lr: float = doc("LoRA peak learning rate (oracle, multi-task and library).", 1e-2)
+    oracle_steps: int = doc("Optimizer steps of each held-out task's oracle LoRA (budget.examples_per_step examples "
+                            "each; 0 = budget.steps). The oracle is the reference that sees its own task's 70 "
+                            "examples only: 250 steps of 8 is about 28 passes over them, where its loss has "
+                            "flattened; 20 of them at budget.steps would take most of the CPU run.", 250)
 
 
 @dataclass
@@ -134,7 +141,7 @@ class LibrarySettings:
     """The training tasks' oracle LoRAs that reconstruction learns to reproduce (an input of that method)."""
 
     steps: int = doc("Optimizer steps of each library LoRA (budget.examples_per_step examples each); fewer "
-                     "than budget.steps, so that 100 of them fit the CPU run.", 100)
+                     "than budget.steps, so that 100 of them fit the CPU run.", 40)
 
 
 @dataclass
@@ -292,7 +299,7 @@ def pretrain_base(s: BaseSettings, data_dir: Path, out: Path, hardware: Hardware
 
     torch.manual_seed(s.seed)
     if not hardware.gpu:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(s.threads)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=s.hidden_size, intermediate_size=s.hidden_size * 3,
         num_hidden_layers=s.layers, num_attention_heads=4, num_key_value_heads=2, head_dim=s.hidden_size // 4,
@@ -397,7 +404,8 @@ def train_loras(settings: Settings, hardware: Hardware, base_dir: Path, data_dir
     from t2l_ray.data.suite import HELD_OUT_LIST, TRAIN_LIST
 
     steps = settings.budget.steps
-    oracle = train_lora_set(settings, hardware, base_dir, data_dir, out, "oracle", HELD_OUT_LIST, steps)
+    oracle = train_lora_set(settings, hardware, base_dir, data_dir, out, "oracle", HELD_OUT_LIST,
+                            settings.lora.oracle_steps or steps)
     return {**oracle, **train_lora_set(settings, hardware, base_dir, data_dir, out, "multitask", TRAIN_LIST, steps)}
 
 
@@ -710,7 +718,9 @@ def main(argv: list[str] | None = None) -> None:
         **generate_adapters(settings, hardware, lines["recon"], out / "recon" / "hypernet", out / "adapters")})
     results = run("eval", lambda: evaluate_all(settings, hardware, out, split, list(written)))
     record["overrides"] = args.overrides
-    command = " ".join([COMMAND, *(["--device", args.device] if hardware.gpu else []),
+    command = " ".join([".venv/bin/python bench/quality.py --out", args.out,
+                        *(["--docs", args.docs] if args.docs else []),
+                        *(["--device", args.device] if hardware.gpu else []),
                         *(f"--set {o}" for o in args.overrides)])
     summary = summarise(results)
     majority = majority_answers(data / "eval", split["held_out"])
