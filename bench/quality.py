@@ -22,7 +22,7 @@ adapters, `t2l-ray eval` on Ray):
              from the same descriptions, for the same steps.
 6. lora      `run_baselines`: one multi-task LoRA over the training tasks with T2L's optimizer steps and
              examples per step, and one oracle LoRA per held-out task on its own 70 training examples
-             (`lora.oracle_steps` of the same examples per step: the reference, trained until its loss is flat).
+             (`lora.oracle_steps` steps of the same examples per step: a quarter of the budget, to fit the CPU run).
 7. adapters  `run_factory`, once per hypernet: per held-out task one adapter from each of its first
              `data.eval_descriptions` held-out wordings (SFT and reconstruction), as many from generic
              one-liners ("Solve this task.") and from random strings of the same lengths; for a sample of
@@ -96,8 +96,8 @@ class BaseSettings:
     copy_examples: int = doc("Chat-format 'repeat the input' examples in the corpus (they teach the base to copy "
                              "words from its input, which every task needs).", 30000)
     seed: int = doc("Seed of the corpus and the init.", 0)
-    threads: int = doc("Torch threads of the pretraining process on CPU (on a loaded 2-core machine a second "
-                       "thread made each step 2.5 times slower: it waits at every barrier).", 1)
+    threads: int = doc("Torch threads of the pretraining process on CPU (one: on the shared 2-core machine a "
+                       "second thread waits at every barrier for a busy core).", 1)
 
 
 @dataclass
@@ -131,9 +131,10 @@ class T2LSettings:
 class LoraSettings:
     lr: float = doc("LoRA peak learning rate (oracle, multi-task and library).", 1e-2)
     oracle_steps: int = doc("Optimizer steps of each held-out task's oracle LoRA (budget.examples_per_step examples "
-                            "each; 0 = budget.steps). The oracle is the reference that sees its own task's 70 "
-                            "examples only: 250 steps of 8 is about 28 passes over them, where its loss has "
-                            "flattened; 20 of them at budget.steps would take most of the CPU run.", 250)
+                            "each; 0 = budget.steps). 250 steps of 8 are about 28 passes over its task's 70 "
+                            "examples, a quarter of the budget: 20 oracles at budget.steps would take most of "
+                            "the CPU run. Their loss is still falling at 250, so the oracle is a low reference "
+                            "(docs/results.md).", 250)
 
 
 @dataclass
