@@ -14,8 +14,8 @@ adapters, `t2l-ray eval` on Ray):
              on by anything), written as two SNI-schema folders; 24 training wordings per task.
 2. base      a small Llama pretrained here, in one process, on text generated here: the primitives' facts
              ("otter is spelled o t t e r.", "otter has five letters.", "a fox is an animal.") and one
-             instruction in the chat format the adapters are trained with (repeat the input). It knows the words
-             and the prompt format before any adapter; it never saw a task of the space.
+             instruction in the chat format the adapters are trained with (repeat the input); a probe after
+             pretraining says how much of it the base learned. It never saw a task of the space.
 3. t2l       `run_training` (SFT): hypernet T2L-M on the 100 training tasks and their training wordings.
 4. library   `run_baselines` (mode oracle): one LoRA per training task, the library reconstruction learns.
 5. recon     `run_training` (objective reconstruction): the same hypernet taught to reproduce the library
@@ -617,7 +617,9 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
     lines += [
         "", "### The runs", "",
         f"- base: Llama, {base['params'] / 1e6:.2f}M parameters, pretrained {settings.base.steps} steps on "
-        f"{base['tokens'] / 1e6:.2f}M generated tokens, loss {base['first_loss']:.2f} -> {base['final_loss']:.2f}",
+        f"{base['tokens'] / 1e6:.2f}M generated tokens, loss {base['first_loss']:.2f} -> {base['final_loss']:.2f}; "
+        "what it completes right (% of 40 fresh draws each, greedy): "
+        + ", ".join(f"{name} {value:.0f}" for name, value in base["knows"].items()),
         f"- t2l ({settings.t2l.variant}, SFT): {t2l['steps']} steps, loss {t2l['first_loss']:.3f} -> "
         f"{t2l['final_loss']:.3f}",
         f"- library: {len(library_losses)} LoRAs of {settings.library.steps} steps, mean loss "
