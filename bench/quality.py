@@ -22,7 +22,7 @@ adapters, `t2l-ray eval` on Ray):
              from the same descriptions, for the same steps.
 6. lora      `run_baselines`: one multi-task LoRA over the training tasks with T2L's optimizer steps and
              examples per step, and one oracle LoRA per held-out task on its own 70 training examples
-             (`lora.oracle_steps` steps of the same examples per step: a quarter of the budget, to fit the CPU run).
+             (`lora.oracle_steps` steps of the same examples per step: an eighth of the budget, to fit the CPU run).
 7. adapters  `run_factory`, once per hypernet: per held-out task one adapter from each of its first
              `data.eval_descriptions` held-out wordings (SFT and reconstruction), as many from generic
              one-liners ("Solve this task.") and from random strings of the same lengths; for a sample of
@@ -111,7 +111,9 @@ class BaseSettings:
 class BudgetSettings:
     """What every trained method shares, so the comparison is on the same budget."""
 
-    steps: int = doc("Optimizer steps of each hypernet and of the multi-task LoRA.", 1000)
+    steps: int = doc("Optimizer steps of each hypernet and of the multi-task LoRA. On the base that copies, 1000 "
+                     "left T2L and the multi-task LoRA giving about two answers per task; 2000 is the third run "
+                     "(docs/results.md).", 2000)
     examples_per_step: int = doc("Examples per optimizer step, over all workers (T2L: one per task, 8 as in the "
                                  "paper), for every LoRA too.", 8)
     max_prompt_tokens: int = doc("Prompt truncation.", 96)
@@ -139,7 +141,7 @@ class LoraSettings:
     lr: float = doc("LoRA peak learning rate (oracle, multi-task and library).", 1e-2)
     oracle_steps: int = doc("Optimizer steps of each held-out task's oracle LoRA (budget.examples_per_step examples "
                             "each; 0 = budget.steps). 250 steps of 8 are about 28 passes over its task's 70 "
-                            "examples, a quarter of the budget: 20 oracles at budget.steps would take most of "
+                            "examples, an eighth of the budget: 20 oracles at budget.steps would take most of "
                             "the CPU run. Their loss is still falling at 250, so the oracle is a low reference "
                             "(docs/results.md).", 250)
 
