@@ -25,14 +25,14 @@ FRAMEWORK_LINES = [
     "Loading weights: 100%|██████████| 103/103 [00:00<00:00, 24697.77it/s]",
 ]
 OWN_LINES = [
-    "train: sft, 2 workers, ZeRO-2, 60 steps -> /work/demo_out/run",
+    "train: sft, 2 workers, ZeRO-2, 60 steps -> /home/ada/t2l-ray/demo_out/run",
     "train: 0/60 steps (0%), starting (10 s)",
     "data: 29 tasks, 1,160 instances, 88,461 tokens (82,222 prompt + 6,239 response); embeddings 145 computed, 0 cached",
     "step  5/60  loss 7.6455  lm_loss 7.6455  lr 8.00e-04  samples/s 70.1",
     "warning: train: no node offers train_gpu yet; the work waits until the autoscaler adds one",
-    "  manifest   /work/demo_out/adapters/_manifest/run-20261201T001413.174103Z-9790d51f-0000.jsonl",
+    "  manifest   /home/ada/t2l-ray/demo_out/adapters/_manifest/run-20261201T001413.174103Z-9790d51f-0000.jsonl",
     "error: training stopped on a code error, rank 1: ValueError: bad recipe",
-    "valid: /work/demo_out/adapters/reverse-words (rank 8, 2 layers, modules ['q_proj', 'v_proj'])",
+    "valid: /home/ada/t2l-ray/demo_out/adapters/reverse-words (rank 8, 2 layers, modules ['q_proj', 'v_proj'])",
 ]
 
 
