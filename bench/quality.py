@@ -20,14 +20,15 @@ adapters, `t2l-ray eval` on Ray):
 4. library   `run_baselines` (mode oracle): one LoRA per training task, the library reconstruction learns.
 5. recon     `run_training` (objective reconstruction): the same hypernet taught to reproduce the library
              from the same descriptions, for the same steps.
-6. lora      `run_baselines`: one multi-task LoRA over the training tasks with T2L's optimizer steps and
-             examples per step, and one oracle LoRA per held-out task on its own 70 training examples
-             (`lora.oracle_steps` steps of the same examples per step: an eighth of the budget, to fit the CPU run).
-7. adapters  `run_factory`, once per hypernet: per held-out task one adapter from each of its first
+6. multitask `run_baselines`: one multi-task LoRA over the training tasks with T2L's optimizer steps and
+             examples per step.
+7. oracle    `run_baselines`: one oracle LoRA per held-out task on its own 70 training examples (`oracle.steps`
+             steps of the same examples per step: an eighth of the budget, to fit the CPU run).
+8. adapters  `run_factory`, once per hypernet: per held-out task one adapter from each of its first
              `data.eval_descriptions` held-out wordings (SFT and reconstruction), as many from generic
              one-liners ("Solve this task.") and from random strings of the same lengths; for a sample of
              training tasks one adapter from a held-out wording.
-8. eval      `run_eval` on the 30 evaluation instances of each held-out task (ROUGE-L and exact match, greedy),
+9. eval      `run_eval` on the 30 evaluation instances of each held-out task (ROUGE-L and exact match, greedy),
              and on those of the sampled training tasks.
 
 Rows: base, multitask, oracle, t2l, t2l_recon, t2l_vague, t2l_random (each T2L row the mean over its adapters),
@@ -139,11 +140,16 @@ class T2LSettings:
 @dataclass
 class LoraSettings:
     lr: float = doc("LoRA peak learning rate (oracle, multi-task and library).", 1e-2)
-    oracle_steps: int = doc("Optimizer steps of each held-out task's oracle LoRA (budget.examples_per_step examples "
-                            "each; 0 = budget.steps). 250 steps of 8 are about 28 passes over its task's 70 "
-                            "examples, an eighth of the budget: 20 oracles at budget.steps would take most of "
-                            "the CPU run. Their loss is still falling at 250, so the oracle is a low reference "
-                            "(docs/results.md).", 250)
+
+
+@dataclass
+class OracleSettings:
+    """The held-out tasks' own LoRAs, the reference T2L's recovery ratio is measured against."""
+
+    steps: int = doc("Optimizer steps of each held-out task's oracle LoRA (budget.examples_per_step examples "
+                     "each; 0 = budget.steps). 250 steps of 8 are about 28 passes over its task's 70 examples, an "
+                     "eighth of the budget: 20 oracles at budget.steps would take most of the CPU run. Their loss "
+                     "is still falling at 250, so the oracle is a low reference (docs/results.md).", 250)
 
 
 @dataclass
@@ -167,6 +173,7 @@ class Settings:
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     t2l: T2LSettings = field(default_factory=T2LSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    oracle: OracleSettings = field(default_factory=OracleSettings)
     library: LibrarySettings = field(default_factory=LibrarySettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
 
@@ -412,16 +419,6 @@ def train_lora_set(settings: Settings, hardware: Hardware, base_dir: Path, data_
     return {**summary, f"{mode}_seconds": round(time.time() - started, 1)}
 
 
-def train_loras(settings: Settings, hardware: Hardware, base_dir: Path, data_dir: Path, out: Path) -> dict:
-    """Oracle LoRAs on the held-out tasks' training examples; the multi-task LoRA on the training tasks."""
-    from t2l_ray.data.suite import HELD_OUT_LIST, TRAIN_LIST
-
-    steps = settings.budget.steps
-    oracle = train_lora_set(settings, hardware, base_dir, data_dir, out, "oracle", HELD_OUT_LIST,
-                            settings.lora.oracle_steps or steps)
-    return {**oracle, **train_lora_set(settings, hardware, base_dir, data_dir, out, "multitask", TRAIN_LIST, steps)}
-
-
 # ------------------------------------------------------------------------------------------------ 7. adapters
 
 
@@ -495,10 +492,10 @@ def evaluate(settings: Settings, hardware: Hardware, base_dir: Path, data_dir: P
 
 
 def evaluate_all(settings: Settings, hardware: Hardware, out: Path, split: dict, adapter_sets: list[str]) -> dict:
-    loras, adapters = out / "loras", out / "adapters"
-    held_out = {"multitask": loras / "multitask", "oracle": loras / "oracle",
+    multitask, adapters = out / "multitask" / "multitask", out / "adapters"
+    held_out = {"multitask": multitask, "oracle": out / "oracle" / "oracle",
                 **{name: adapters / name for name in adapter_sets if name != SEEN}}
-    seen = {"multitask": loras / "multitask", SEEN: adapters / SEEN}
+    seen = {"multitask": multitask, SEEN: adapters / SEEN}
     data, base = out / "data", out / "base"
     return {"held_out": evaluate(settings, hardware, base, data, split["held_out"], held_out, out / "eval" / "held_out"),
             "seen": evaluate(settings, hardware, base, data, sorted(split["seen_task_descriptions"]), seen,
@@ -621,8 +618,9 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
               "| | base | multitask | t2l |", "|---|---:|---:|---:|",
               "| ROUGE-L | " + " | ".join(f"{seen[n]['mean']:.1f}" for n in ("base", "multitask", SEEN)) + " |",
               "| exact match | " + " | ".join(f"{seen[n]['exact_match']:.1f}" for n in ("base", "multitask", SEEN)) + " |"]
-    base, t2l, recon, library, loras = (record[name]["result"] for name in ("base", "t2l", "recon", "library", "loras"))
-    library_losses = list(library["oracle"].values())
+    base, t2l, recon, library, multitask, oracle = (
+        record[name]["result"] for name in ("base", "t2l", "recon", "library", "multitask", "oracle"))
+    library_losses, oracle_losses = list(library["oracle"].values()), list(oracle["oracle"].values())
     minutes = sum(record[name]["seconds"] for name in STAGES) / 60
     loads = [value for name in STAGES for value in record[name].get("load", [])]
     load = f" (1-minute load average {min(loads):.1f} to {max(loads):.1f} at the stages' starts and ends)" if loads else ""
@@ -639,9 +637,11 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
         f"{sum(r['final_loss'] for r in library_losses) / len(library_losses):.2f}",
         f"- t2l_recon ({settings.t2l.variant}, reconstruction): {recon['steps']} steps, L1 {recon['first_loss']:.4f} -> "
         f"{recon['final_loss']:.4f}, relative delta-W error {recon['delta_w_rel']:.2f}",
-        f"- multitask LoRA: loss {loras['multitask']['first_loss']:.3f} -> {loras['multitask']['final_loss']:.3f}",
-        f"- oracle LoRAs: mean loss {sum(r['first_loss'] for r in loras['oracle'].values()) / len(loras['oracle']):.2f}"
-        f" -> {sum(r['final_loss'] for r in loras['oracle'].values()) / len(loras['oracle']):.2f}",
+        f"- multitask LoRA: {settings.budget.steps} steps, loss {multitask['multitask']['first_loss']:.3f} -> "
+        f"{multitask['multitask']['final_loss']:.3f}",
+        f"- oracle LoRAs: {len(oracle_losses)} of {settings.oracle.steps or settings.budget.steps} steps, mean loss "
+        f"{sum(r['first_loss'] for r in oracle_losses) / len(oracle_losses):.2f} -> "
+        f"{sum(r['final_loss'] for r in oracle_losses) / len(oracle_losses):.2f}",
         "- seconds per stage: " + ", ".join(f"{name} {record[name]['seconds']:.0f}" for name in STAGES)
         + f"; {minutes:.1f} min in all on {os.cpu_count()} CPU cores{load}",
     ]
@@ -660,13 +660,14 @@ def write_docs(path: Path, markdown: str) -> None:
 # ------------------------------------------------------------------------------------------------ main
 
 
-STAGES = ("data", "base", "t2l", "library", "recon", "loras", "adapters", "eval")
+STAGES = ("data", "base", "t2l", "library", "recon", "multitask", "oracle", "adapters", "eval")
 DEPENDS = {"data": ("data",), "base": ("data", "base"), "t2l": ("data", "base", "budget", "t2l"),
            "library": ("data", "base", "budget", "lora", "library"),
            "recon": ("data", "base", "budget", "t2l", "lora", "library"),
-           "loras": ("data", "base", "budget", "lora"),
+           "multitask": ("data", "base", "budget", "lora"),
+           "oracle": ("data", "base", "budget", "lora", "oracle"),
            "adapters": ("data", "base", "budget", "t2l", "lora", "library", "eval"),
-           "eval": ("data", "base", "budget", "t2l", "lora", "library", "eval")}
+           "eval": ("data", "base", "budget", "t2l", "lora", "library", "oracle", "eval")}
 
 
 def stage(record: dict, settings: Settings, hardware: Hardware, name: str, out: Path, run):
@@ -692,6 +693,7 @@ def stage(record: dict, settings: Settings, hardware: Hardware, name: str, out: 
 
 def main(argv: list[str] | None = None) -> None:
     from t2l_ray.config import load_config
+    from t2l_ray.data.suite import HELD_OUT_LIST, TRAIN_LIST
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quality", help="working folder; finished stages are reused")
@@ -726,7 +728,10 @@ def main(argv: list[str] | None = None) -> None:
     run("library", lambda: train_lora_set(settings, hardware, base, data, out / "library", "oracle",
                                           "train_tasks.txt", settings.library.steps))
     run("recon", lambda: train_hypernet(settings, hardware, base, data, out / "recon", out / "library" / "oracle"))
-    run("loras", lambda: train_loras(settings, hardware, base, data, out / "loras"))
+    run("multitask", lambda: train_lora_set(settings, hardware, base, data, out / "multitask", "multitask",
+                                            TRAIN_LIST, settings.budget.steps))
+    run("oracle", lambda: train_lora_set(settings, hardware, base, data, out / "oracle", "oracle", HELD_OUT_LIST,
+                                         settings.oracle.steps or settings.budget.steps))
     lines = adapter_lines(settings, split)
     written = run("adapters", lambda: {
         **generate_adapters(settings, hardware, lines["t2l"], out / "t2l" / "hypernet", out / "adapters"),

@@ -149,3 +149,26 @@ def test_write_docs_replaces_only_the_generated_section(quality, tmp_path):
     (tmp_path / "plain.md").write_text("no markers\n")
     with pytest.raises(SystemExit, match="no generated-section markers"):
         quality.write_docs(tmp_path / "plain.md", "x")
+
+
+def test_a_rerun_redoes_only_the_stages_whose_settings_changed(quality, tmp_path):
+    from t2l_ray.config import load_config
+
+    ran: list[str] = []
+
+    def run_all(overrides: list[str], record: dict) -> None:
+        settings = load_config(quality.Settings, None, overrides)
+        for name in quality.STAGES:
+            quality.stage(record, settings, quality.Hardware(), name, tmp_path, lambda n=name: ran.append(n) or n)
+
+    record: dict = {}
+    run_all([], record)
+    assert ran == list(quality.STAGES)
+    ran.clear()
+    run_all([], json.loads((tmp_path / "record.json").read_text()))
+    assert ran == []  # every stage kept
+    run_all(["oracle.steps=0"], record)
+    assert ran == ["oracle", "eval"]  # the oracle's budget touches neither hypernet nor the multi-task LoRA
+    ran.clear()
+    run_all(["oracle.steps=0", "t2l.lr=3e-3"], record)
+    assert ran == ["t2l", "recon", "adapters", "eval"]
