@@ -1,7 +1,7 @@
 """bench/quality.py's own logic: its data split, the corpus its base learns, the adapters it asks for, the table
 maths, results.json's shape and the docs update.
 
-The experiment itself runs for about 25 minutes on 2 CPU cores and is a benchmark, not a test (docs/results.md).
+The experiment itself runs for about 20 minutes on 2 CPU cores and is a benchmark, not a test (docs/results.md).
 """
 
 from __future__ import annotations
