@@ -179,6 +179,11 @@ class Settings:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
 
+def oracle_steps(settings: Settings) -> int:
+    """Each oracle LoRA's steps: `oracle.steps`, or the whole budget when that is 0."""
+    return settings.oracle.steps or settings.budget.steps
+
+
 @dataclass(frozen=True)
 class Hardware:
     """Where the stages run: `--device` and what it implies for Ray workers and actors."""
@@ -622,6 +627,10 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
     base, t2l, recon, library, multitask, oracle = (
         record[name]["result"] for name in ("base", "t2l", "recon", "library", "multitask", "oracle"))
     library_losses, oracle_losses = list(library["oracle"].values()), list(oracle["oracle"].values())
+
+    def mean_losses(runs: list[dict]) -> str:
+        return " -> ".join(f"{sum(r[key] for r in runs) / len(runs):.2f}" for key in ("first_loss", "final_loss"))
+
     minutes = sum(record[name]["seconds"] for name in STAGES) / 60
     loads = [value for name in STAGES for value in record[name].get("load", [])]
     load = f" (1-minute load average {min(loads):.1f} to {max(loads):.1f} at the stages' starts and ends)" if loads else ""
@@ -634,15 +643,12 @@ def render_markdown(summary: dict, record: dict, settings: Settings, majority: d
         f"- t2l ({settings.t2l.variant}, SFT): {t2l['steps']} steps, loss {t2l['first_loss']:.3f} -> "
         f"{t2l['final_loss']:.3f}",
         f"- library: {len(library_losses)} LoRAs of {settings.library.steps} steps, mean loss "
-        f"{sum(r['first_loss'] for r in library_losses) / len(library_losses):.2f} -> "
-        f"{sum(r['final_loss'] for r in library_losses) / len(library_losses):.2f}",
+        f"{mean_losses(library_losses)}",
         f"- t2l_recon ({settings.t2l.variant}, reconstruction): {recon['steps']} steps, L1 {recon['first_loss']:.4f} -> "
         f"{recon['final_loss']:.4f}, relative delta-W error {recon['delta_w_rel']:.2f}",
         f"- multitask LoRA: {settings.budget.steps} steps, loss {multitask['multitask']['first_loss']:.3f} -> "
         f"{multitask['multitask']['final_loss']:.3f}",
-        f"- oracle LoRAs: {len(oracle_losses)} of {settings.oracle.steps or settings.budget.steps} steps, mean loss "
-        f"{sum(r['first_loss'] for r in oracle_losses) / len(oracle_losses):.2f} -> "
-        f"{sum(r['final_loss'] for r in oracle_losses) / len(oracle_losses):.2f}",
+        f"- oracle LoRAs: {len(oracle_losses)} of {oracle_steps(settings)} steps, mean loss {mean_losses(oracle_losses)}",
         "- seconds per stage: " + ", ".join(f"{name} {record[name]['seconds']:.0f}" for name in STAGES)
         + f"; {minutes:.1f} min in all on {os.cpu_count()} CPU cores{load}",
     ]
@@ -732,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     run("multitask", lambda: train_lora_set(settings, hardware, base, data, out / "multitask", "multitask",
                                             TRAIN_LIST, settings.budget.steps))
     run("oracle", lambda: train_lora_set(settings, hardware, base, data, out / "oracle", "oracle", HELD_OUT_LIST,
-                                         settings.oracle.steps or settings.budget.steps))
+                                         oracle_steps(settings)))
     lines = adapter_lines(settings, split)
     written = run("adapters", lambda: {
         **generate_adapters(settings, hardware, lines["t2l"], out / "t2l" / "hypernet", out / "adapters"),
